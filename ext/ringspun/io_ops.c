@@ -1,0 +1,138 @@
+/* IO operations with two strategies (ARCHITECTURE.md, layer 4):
+ * - native: the current fiber runs under a Ringspun scheduler on io_uring:
+ *   prepare an SQE and park the fiber;
+ * - readiness: everything else (Ringspun on epoll, another scheduler, no
+ *   scheduler): the non-blocking system call, and on EAGAIN a readiness wait
+ *   through whatever scheduler is current, or poll(2) with the GVL released. */
+#include "ringspun.h"
+#include <errno.h>
+#include <poll.h>
+#include <ruby/fiber/scheduler.h>
+#include <ruby/io.h>
+#include <ruby/thread.h>
+#include <unistd.h>
+
+static ID id_for_fd, id_autoclose, id_to_io;
+
+int rs_io_fd(VALUE io) {
+  if (RB_INTEGER_TYPE_P(io)) {
+    int fd = NUM2INT(io);
+    if (fd < 0) rb_raise(rb_eArgError, "negative file descriptor %d", fd);
+    return fd;
+  }
+  if (!RB_TYPE_P(io, T_FILE)) {
+    if (!rb_respond_to(io, id_to_io))
+      rb_raise(rb_eTypeError, "expected an IO or an Integer file descriptor, got %" PRIsVALUE, rb_obj_class(io));
+    io = rb_convert_type(io, T_FILE, "IO", "to_io");
+  }
+  rb_io_t *fptr;
+  GetOpenFile(io, fptr); /* raises IOError on a closed stream */
+  return fptr->fd;
+}
+
+static int wait_native(rs_sched *s, int fd, short events, int64_t timeout_ns) {
+  rs_op *op = rs_op_new(s, RS_OP_POLL);
+  op->fd = fd;
+  op->events = (uint32_t)events;
+  op->timeout_ns = timeout_ns;
+  int ret = rs_op_await(s, op);
+  return ret == -ETIME ? 0 : ret;
+}
+
+typedef struct poll_args {
+  struct pollfd pfd;
+  int timeout_ms;
+  int ret, err;
+} poll_args;
+
+static void *poll_nogvl(void *p) {
+  poll_args *a = p;
+  a->ret = poll(&a->pfd, 1, a->timeout_ms);
+  a->err = errno;
+  return NULL;
+}
+
+static int wait_blocking(int fd, short events, int64_t timeout_ns) {
+  uint64_t deadline = timeout_ns >= 0 ? rs_now_ns() + (uint64_t)timeout_ns : 0;
+  for (;;) {
+    poll_args a = {.pfd = {.fd = fd, .events = events}, .timeout_ms = -1};
+    if (timeout_ns >= 0) {
+      uint64_t now = rs_now_ns();
+      a.timeout_ms = now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
+    }
+    rb_thread_call_without_gvl(poll_nogvl, &a, RUBY_UBF_IO, NULL);
+    if (a.ret >= 0) return a.ret == 0 ? 0 : a.pfd.revents;
+    if (a.err != EINTR) return -a.err;
+    rb_thread_check_ints();
+  }
+}
+
+static int wait_foreign(VALUE scheduler, int fd, short events, int64_t timeout_ns) {
+  VALUE kw = rb_hash_new();
+  rb_hash_aset(kw, ID2SYM(id_autoclose), Qfalse);
+  VALUE args[2] = {INT2NUM(fd), kw};
+  VALUE io = rb_funcallv_kw(rb_cIO, id_for_fd, 2, args, RB_PASS_KEYWORDS);
+  VALUE timeout = timeout_ns < 0 ? Qnil : DBL2NUM((double)timeout_ns / 1e9);
+  VALUE r = rb_fiber_scheduler_io_wait(scheduler, io, INT2NUM(events), timeout);
+  return RTEST(r) ? NUM2INT(r) : 0;
+}
+
+int rs_io_wait_fd(int fd, short events, int64_t timeout_ns) {
+  rs_sched *s = rs_sched_current();
+  if (s) return wait_native(s, fd, events, timeout_ns);
+  VALUE scheduler = rb_fiber_scheduler_current();
+  if (!NIL_P(scheduler)) return wait_foreign(scheduler, fd, events, timeout_ns);
+  return wait_blocking(fd, events, timeout_ns);
+}
+
+static rs_sched *native_sched(void) {
+  rs_sched *s = rs_sched_current();
+  return s && s->backend.ops->native ? s : NULL;
+}
+
+static ssize_t native_rw(rs_sched *s, int kind, int fd, void *buf, size_t len, VALUE keep) {
+  short events = kind == RS_OP_READ ? POLLIN : POLLOUT;
+  for (;;) {
+    rs_op *op = rs_op_new(s, kind);
+    op->fd = fd;
+    op->buf = buf;
+    op->len = len > 0x7ffff000 ? 0x7ffff000 : len;
+    op->off = -1; /* the file position, like read(2) */
+    op->keep = keep;
+    int ret = rs_op_await(s, op);
+    if (ret != -EAGAIN) return ret;
+    /* The fd is O_NONBLOCK: io_uring honours that, so wait and retry. */
+    ret = wait_native(s, fd, events, -1);
+    if (ret < 0) return ret;
+  }
+}
+
+static ssize_t ready_rw(int kind, int fd, void *buf, size_t len) {
+  short events = kind == RS_OP_READ ? POLLIN : POLLOUT;
+  for (;;) {
+    ssize_t n = kind == RS_OP_READ ? read(fd, buf, len) : write(fd, buf, len);
+    if (n >= 0) return n;
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) return -errno;
+    int ret = rs_io_wait_fd(fd, events, -1);
+    if (ret < 0) return ret;
+  }
+}
+
+ssize_t rs_io_read_keep(int fd, void *buf, size_t len, VALUE keep) {
+  rs_sched *s = native_sched();
+  return s ? native_rw(s, RS_OP_READ, fd, buf, len, keep) : ready_rw(RS_OP_READ, fd, buf, len);
+}
+
+ssize_t rs_io_write_keep(int fd, const void *buf, size_t len, VALUE keep) {
+  rs_sched *s = native_sched();
+  void *p = (void *)buf; /* the kernel only reads it */
+  return s ? native_rw(s, RS_OP_WRITE, fd, p, len, keep) : ready_rw(RS_OP_WRITE, fd, p, len);
+}
+
+void rs_init_io_ops(VALUE mRingspun) {
+  (void)mRingspun;
+  id_for_fd = rb_intern("for_fd");
+  id_autoclose = rb_intern("autoclose");
+  id_to_io = rb_intern("to_io");
+}

@@ -1,0 +1,9 @@
+/* Entry point: initializes each file's part in one visible order. */
+#include "ringspun.h"
+
+RS_EXPORT void Init_ringspun(void) {
+  VALUE mRingspun = rb_define_module("Ringspun");
+  rs_init_errors(mRingspun);
+  rs_init_scheduler(mRingspun);
+  rs_init_io_ops(mRingspun);
+}

@@ -1,0 +1,205 @@
+/* Ringspun: shared declarations for the extension's files.
+ *
+ * Layers (bottom to top): backend (backend_uring.c, backend_epoll.c) behind the
+ * rs_backend_ops seam; operations (op.c); the scheduler (scheduler.c); IO
+ * operations (io_ops.c); primitives; the Ruby layer in lib/. */
+#ifndef RINGSPUN_H
+#define RINGSPUN_H 1
+
+#include <ruby.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
+#include <pthread.h>
+#include <linux/time_types.h>
+
+#define RS_EXPORT __attribute__((visibility("default")))
+
+#ifdef RINGSPUN_DEBUG
+#include <stdio.h>
+#include <stdlib.h>
+/* An assertion states its reason; it is compiled only in debug builds. */
+#define RS_ASSERT(cond, why)                                                   \
+  do {                                                                         \
+    if (!(cond)) {                                                             \
+      fprintf(stderr, "ringspun: assertion failed: %s (%s) at %s:%d\n", #cond, \
+              why, __FILE__, __LINE__);                                        \
+      abort();                                                                 \
+    }                                                                          \
+  } while (0)
+#else
+#define RS_ASSERT(cond, why) ((void)0)
+#endif
+
+typedef struct rs_backend rs_backend;
+typedef struct rs_op rs_op;
+typedef struct rs_sched rs_sched;
+
+/* ---- operations (op.c) -------------------------------------------------- */
+
+enum rs_op_kind {
+  RS_OP_READY = 0, /* no kernel work: the fiber is simply runnable again */
+  RS_OP_POLL,      /* wait until fd has `events` (POLLIN/POLLOUT) */
+  RS_OP_TIMER,     /* expire after `timeout_ns` */
+  /* Native operations: only a backend with `native` set takes these. */
+  RS_OP_READ,
+  RS_OP_WRITE,
+  RS_OP_RECV,
+  RS_OP_SEND,
+  RS_OP_SPLICE,
+  RS_OP_TEE,
+};
+
+/* What a completion does with its op. */
+enum rs_op_action {
+  RS_ACT_RESUME = 0, /* make the waiting fiber runnable */
+  RS_ACT_RAISE,      /* timeout_after: raise into the fiber */
+};
+
+struct rs_op {
+  rs_op *next, *prev;   /* ready list (doubly linked) or free list */
+  rs_sched *sched;      /* owner */
+  VALUE fiber;          /* fiber to resume; Qnil once nobody waits */
+  VALUE keep;           /* Ruby object the kernel may touch (string, buffer) */
+  int kind;
+  int action;
+  int result;           /* completion result: >= 0 or -errno */
+  uint32_t cqe_flags;
+  uint8_t kernel_refs;  /* completions still expected from the kernel */
+  uint8_t queued;       /* on the scheduler's ready list */
+  uint8_t done;         /* the primary completion has arrived */
+  uint8_t waiting;      /* a fiber is parked on this op */
+  uint8_t in_backend;   /* registered with the epoll backend (fd table/heap) */
+  uint8_t cancelling;
+  uint8_t detached;     /* a wakeup nobody waits on; freed once delivered */
+  int fd;
+  uint32_t events;      /* POLLIN / POLLOUT for RS_OP_POLL */
+  int64_t timeout_ns;   /* < 0: none; for POLL a deadline, for TIMER the delay */
+  struct __kernel_timespec ts; /* io_uring reads the timeout from here */
+  /* epoll backend bookkeeping */
+  uint64_t deadline;    /* CLOCK_MONOTONIC ns */
+  size_t heap_index;    /* position in the timer heap, SIZE_MAX when absent */
+  rs_op *fd_next, *fd_prev; /* waiters on the same fd */
+  /* native arguments */
+  void *buf;
+  size_t len;
+  int64_t off;
+  int fd_out;
+  int64_t off_out;
+  unsigned int op_flags;
+  VALUE raise_class, raise_message; /* RS_ACT_RAISE */
+};
+
+typedef struct rs_op_pool {
+  rs_op *free_list;
+  rs_op **slabs;
+  size_t nslabs, cap_slabs;
+  size_t live;          /* ops handed out and not yet released */
+} rs_op_pool;
+
+void rs_op_pool_init(rs_op_pool *p);
+void rs_op_pool_destroy(rs_op_pool *p);
+rs_op *rs_op_pool_get(rs_op_pool *p);
+void rs_op_pool_put(rs_op_pool *p, rs_op *op);
+/* Calls fn for every op handed out (used to mark and to cancel at close). */
+void rs_op_pool_each_live(rs_op_pool *p, void (*fn)(rs_op *, void *), void *arg);
+
+/* ---- backend seam -------------------------------------------------------- */
+
+typedef struct rs_backend_ops {
+  const char *name;
+  bool native;                               /* takes RS_OP_READ etc. */
+  int (*init)(rs_backend *b);                /* -errno */
+  void (*destroy)(rs_backend *b);
+  int (*submit)(rs_backend *b, rs_op *op);   /* -errno; may only queue */
+  int (*cancel)(rs_backend *b, rs_op *op);   /* -errno */
+  /* Flushes queued submissions and waits up to timeout_ns (< 0: forever,
+   * 0: poll). Completions are delivered through rs_op_complete. The GVL is
+   * released only around the blocking system call. Returns -errno. */
+  int (*wait)(rs_backend *b, int64_t timeout_ns);
+  void (*wakeup)(rs_backend *b);             /* any thread, async-signal-safe */
+} rs_backend_ops;
+
+struct rs_backend {
+  const rs_backend_ops *ops;
+  rs_sched *sched;
+  int wake_fd;          /* eventfd another thread writes to wake us */
+  void *impl;           /* backend-private state */
+  int probe_flags;      /* RS_FEAT_* found at run time */
+};
+
+#define RS_FEAT_SUBMIT_WAIT_TIMEOUT 0x1
+#define RS_FEAT_IOWQ_MAX_WORKERS 0x2
+#define RS_FEAT_SPLICE 0x4
+#define RS_FEAT_TEE 0x8
+#define RS_FEAT_RECV_MULTISHOT 0x10
+#define RS_FEAT_BUF_RING 0x20
+#define RS_FEAT_CANCEL_ANY 0x40
+
+extern const rs_backend_ops rs_backend_uring_ops;
+extern const rs_backend_ops rs_backend_epoll_ops;
+
+/* Called by a backend for every completion (GVL held). */
+void rs_op_complete(rs_op *op, int result, uint32_t cqe_flags);
+/* Called by a backend when a completion is only a kernel reference drop
+ * (a linked timeout's own CQE, a cancel request's CQE). */
+void rs_op_kernel_done(rs_op *op);
+
+uint64_t rs_now_ns(void);
+
+/* ---- scheduler (scheduler.c) --------------------------------------------- */
+
+struct rs_sched {
+  rs_backend backend;
+  rs_op_pool pool;
+  rs_op *ready_head, *ready_tail; /* runnable fibers, FIFO */
+  VALUE self;
+  VALUE loop_fiber;     /* the blocking fiber that runs the event loop */
+  VALUE running;        /* the fiber we last switched into */
+  VALUE resuming;       /* the fiber the loop is switching into right now */
+  /* fiber => rs_op* while parked in block/kernel_sleep. Every access holds
+   * the GVL, so `unblock` from another thread may touch it and the ready
+   * list directly; it then wakes the owner through the backend's eventfd. */
+  st_table *block_ops;
+  long live_fibers;     /* fibers started by us and not yet finished */
+  size_t inflight;      /* ops with kernel_refs > 0 */
+  pid_t pid;            /* owner process, to spot a forked child */
+  VALUE thread;
+  bool closing, closed;
+};
+
+rs_sched *rs_sched_get(VALUE self);
+/* The scheduler for the current fiber when it is a Ringspun scheduler whose
+ * fiber may park (non-blocking fiber, same process); NULL otherwise. */
+rs_sched *rs_sched_current(void);
+rs_op *rs_op_new(rs_sched *s, int kind);
+/* Submits op, parks the current fiber until it completes, returns
+ * op->result (or -errno from submission). On interruption cancels it (and
+ * waits for the kernel when `keep` is set), releases it and re-raises. The
+ * op is released before returning. */
+int rs_op_await(rs_sched *s, rs_op *op);
+void rs_op_release(rs_sched *s, rs_op *op);
+void rs_sched_ready_push(rs_sched *s, rs_op *op);
+
+/* ---- IO operations (io_ops.c) --------------------------------------------- */
+
+int rs_io_fd(VALUE io);    /* raises IOError on a closed IO, TypeError else */
+/* Wait for readiness; returns revents (> 0), 0 on timeout, -errno. */
+int rs_io_wait_fd(int fd, short events, int64_t timeout_ns);
+/* One read/write of up to len bytes, waiting for readiness as needed.
+ * `keep` is the Ruby object owning buf (or Qnil when buf is C memory): the
+ * kernel may write into it until the operation's completion arrives.
+ * Returns bytes moved (0: end of input) or -errno. */
+ssize_t rs_io_read_keep(int fd, void *buf, size_t len, VALUE keep);
+ssize_t rs_io_write_keep(int fd, const void *buf, size_t len, VALUE keep);
+
+/* ---- errors (errors.c) ------------------------------------------------------ */
+
+NORETURN(void rs_raise_errno(int err, const char *where));
+
+void rs_init_errors(VALUE mRingspun);
+void rs_init_scheduler(VALUE mRingspun);
+void rs_init_io_ops(VALUE mRingspun);
+
+#endif

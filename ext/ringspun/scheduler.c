@@ -1,0 +1,731 @@
+/* Ringspun::Scheduler: a Ruby 3.1 Fiber::Scheduler on top of a backend.
+ *
+ * Fibers switch only by transfer. A fiber that waits parks by transferring to
+ * the loop fiber (the blocking fiber that runs #run); the loop resumes
+ * runnable fibers from the ready list, and when none is runnable hands the
+ * queued submissions to the backend together with the wait. */
+#include "ringspun.h"
+#include <errno.h>
+#include <poll.h>
+#include <ruby/fiber/scheduler.h>
+#include <ruby/io.h>
+#include <ruby/io/buffer.h>
+#include <ruby/thread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static VALUE cScheduler, cFiber;
+static ID id_new, id_blocking, id_report, id_wait, id_io_uring, id_epoll, id_auto;
+
+/* Bumped in every forked child, so a scheduler notices it was inherited. */
+static volatile unsigned long fork_generation;
+static void on_fork_child(void) { fork_generation++; }
+
+uint64_t rs_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- TypedData -------------------------------------------------------------- */
+
+typedef struct sched_wrap {
+  rs_sched s;
+  unsigned long generation;
+  VALUE pending_error; /* non-StandardError that escaped a fiber */
+} sched_wrap;
+
+static void mark_op(rs_op *op, void *arg) {
+  (void)arg;
+  rb_gc_mark(op->fiber);
+  rb_gc_mark(op->keep);
+  rb_gc_mark(op->raise_class);
+  rb_gc_mark(op->raise_message);
+}
+
+static void sched_mark(void *p) {
+  sched_wrap *w = p;
+  /* Fibers are pinned (rb_gc_mark): block_ops is keyed by their address. */
+  rb_gc_mark(w->s.loop_fiber);
+  rb_gc_mark(w->s.running);
+  rb_gc_mark(w->s.resuming);
+  rb_gc_mark(w->s.thread);
+  rb_gc_mark(w->pending_error);
+  rs_op_pool_each_live(&w->s.pool, mark_op, NULL);
+}
+
+static void backend_destroy(rs_sched *s) {
+  if (s->backend.impl) s->backend.ops->destroy(&s->backend);
+  s->backend.impl = NULL;
+}
+
+static void sched_free(void *p) {
+  sched_wrap *w = p;
+  backend_destroy(&w->s);
+  rs_op_pool_destroy(&w->s.pool);
+  if (w->s.block_ops) st_free_table(w->s.block_ops);
+  xfree(w);
+}
+
+static size_t sched_size(const void *p) {
+  const sched_wrap *w = p;
+  return sizeof(*w) + w->s.pool.nslabs * 256 * sizeof(rs_op);
+}
+
+static const rb_data_type_t sched_type = {
+    "Ringspun::Scheduler",
+    {sched_mark, sched_free, sched_size, NULL, {0}},
+    NULL,
+    NULL,
+    RUBY_TYPED_FREE_IMMEDIATELY,
+};
+
+static VALUE sched_alloc(VALUE klass) {
+  sched_wrap *w;
+  VALUE self = TypedData_Make_Struct(klass, sched_wrap, &sched_type, w);
+  w->s.self = self;
+  w->s.loop_fiber = w->s.running = w->s.resuming = w->s.thread = Qnil;
+  w->pending_error = Qnil;
+  w->s.backend.wake_fd = -1;
+  rs_op_pool_init(&w->s.pool);
+  w->s.block_ops = st_init_numtable();
+  return self;
+}
+
+static void after_fork_child(sched_wrap *w);
+
+rs_sched *rs_sched_get(VALUE self) {
+  sched_wrap *w = rb_check_typeddata(self, &sched_type);
+  if (w->generation != fork_generation) after_fork_child(w);
+  return &w->s;
+}
+
+static sched_wrap *wrap_of(rs_sched *s) { return (sched_wrap *)s; }
+
+rs_sched *rs_sched_current(void) {
+  VALUE cur = rb_fiber_scheduler_current();
+  if (NIL_P(cur) || !rb_typeddata_is_kind_of(cur, &sched_type)) return NULL;
+  rs_sched *s = rs_sched_get(cur);
+  return s->closed ? NULL : s;
+}
+
+/* ---- ready list --------------------------------------------------------------- */
+
+void rs_sched_ready_push(rs_sched *s, rs_op *op) {
+  if (op->queued) return;
+  op->queued = 1;
+  op->next = NULL;
+  op->prev = s->ready_tail;
+  if (s->ready_tail) s->ready_tail->next = op;
+  else s->ready_head = op;
+  s->ready_tail = op;
+}
+
+static void ready_unlink(rs_sched *s, rs_op *op) {
+  if (!op->queued) return;
+  if (op->prev) op->prev->next = op->next;
+  else s->ready_head = op->next;
+  if (op->next) op->next->prev = op->prev;
+  else s->ready_tail = op->prev;
+  op->next = op->prev = NULL;
+  op->queued = 0;
+}
+
+/* ---- op lifecycle ---------------------------------------------------------------- */
+
+rs_op *rs_op_new(rs_sched *s, int kind) {
+  rs_op *op = rs_op_pool_get(&s->pool);
+  if (!op) rb_raise(rb_eNoMemError, "ringspun: cannot allocate an operation");
+  op->sched = s;
+  op->kind = kind;
+  return op;
+}
+
+static void op_maybe_free(rs_sched *s, rs_op *op) {
+  if (op->waiting || op->kernel_refs || op->in_backend || op->queued) return;
+  rs_op_pool_put(&s->pool, op);
+}
+
+/* Forgets that op's fiber may be unblocked, if op is what it waits on. */
+static void unregister_block(rs_sched *s, rs_op *op) {
+  st_data_t key = (st_data_t)op->fiber, v;
+  if (op->fiber != Qnil && st_lookup(s->block_ops, key, &v) && (rs_op *)v == op) st_delete(s->block_ops, &key, NULL);
+}
+
+/* Marks op finished with `result` and makes its fiber runnable. */
+static void op_finish(rs_sched *s, rs_op *op, int result) {
+  if (op->done) return;
+  op->done = 1;
+  op->result = result;
+  if (op->waiting) rs_sched_ready_push(s, op);
+}
+
+void rs_op_complete(rs_op *op, int result, uint32_t cqe_flags) {
+  rs_sched *s = op->sched;
+  if (!op->done) op->cqe_flags = cqe_flags;
+  op_finish(s, op, result);
+  rs_op_kernel_done(op);
+}
+
+void rs_op_kernel_done(rs_op *op) {
+  rs_sched *s = op->sched;
+  if (op->kernel_refs && --op->kernel_refs == 0) {
+    s->inflight--;
+    /* A fiber draining a cancelled op waits for exactly this moment. */
+    if (op->cancelling && op->waiting) rs_sched_ready_push(s, op);
+  }
+  op_maybe_free(s, op);
+}
+
+static void op_cancel(rs_sched *s, rs_op *op) {
+  if (op->cancelling || !(op->kernel_refs || op->in_backend)) return;
+  op->cancelling = 1;
+  s->backend.ops->cancel(&s->backend, op);
+}
+
+void rs_op_release(rs_sched *s, rs_op *op) {
+  unregister_block(s, op);
+  op->waiting = 0;
+  op->fiber = Qnil;
+  ready_unlink(s, op);
+  if (op->kernel_refs || op->in_backend) {
+    /* The completion (or the epoll backend, at once) frees it. */
+    op_cancel(s, op);
+    return;
+  }
+  op_maybe_free(s, op);
+}
+
+static int op_submit(rs_sched *s, rs_op *op) {
+  if (op->kind == RS_OP_READY) return 0;
+  return s->backend.ops->submit(&s->backend, op);
+}
+
+/* ---- parking ------------------------------------------------------------------------ */
+
+static VALUE transfer_to(VALUE fiber) { return rb_fiber_transfer(fiber, 0, NULL); }
+
+/* Switches from the current fiber to `target` and returns when something
+ * switches back; returns the rb_protect state. When the switch back did not
+ * come from our loop (someone called Fiber#raise or #transfer on us), the
+ * fiber that did it is suspended in that call: queue it so it runs again. */
+static int park(rs_sched *s, VALUE target) {
+  VALUE me = rb_fiber_current();
+  int state = 0;
+  s->running = target;
+  s->resuming = target;
+  rb_protect(transfer_to, target, &state);
+  if (s->resuming != me) {
+    VALUE by = s->running;
+    if (by != me && by != s->loop_fiber && RTEST(rb_fiber_alive_p(by))) {
+      rs_op *w = rs_op_new(s, RS_OP_READY);
+      w->fiber = by;
+      w->waiting = 1;
+      w->done = 1;
+      w->detached = 1; /* nobody releases it: the loop frees it */
+      rs_sched_ready_push(s, w);
+    }
+  }
+  s->resuming = Qnil;
+  s->running = me;
+  return state;
+}
+
+/* Interrupted while waiting: cancel, and when the kernel may still write
+ * memory Ruby can see, wait for its last completion before letting go. */
+static void op_abort(rs_sched *s, rs_op *op, int state) {
+  VALUE err = rb_errinfo();
+  op_cancel(s, op);
+  ready_unlink(s, op);
+  while (op->keep != Qnil && op->kernel_refs > 0) {
+    park(s, s->loop_fiber);
+    ready_unlink(s, op);
+  }
+  if (rb_obj_is_kind_of(err, rb_eException)) rb_set_errinfo(err);
+  rs_op_release(s, op);
+  rb_jump_tag(state);
+}
+
+static void check_parkable(rs_sched *s) {
+  if (s->closed) rb_raise(rb_eIOError, "ringspun: scheduler is closed");
+  if (rb_fiber_current() == s->loop_fiber) rb_raise(rb_eRuntimeError, "ringspun: the loop fiber cannot wait on itself");
+}
+
+int rs_op_await(rs_sched *s, rs_op *op) {
+  op->fiber = rb_fiber_current();
+  op->waiting = 1;
+  int ret = op_submit(s, op);
+  if (ret < 0) {
+    rs_op_release(s, op);
+    return ret;
+  }
+  while (!op->done) {
+    int state = park(s, s->loop_fiber);
+    if (state) op_abort(s, op, state);
+  }
+  ret = op->result;
+  rs_op_release(s, op);
+  return ret;
+}
+
+/* ---- the loop ------------------------------------------------------------------------ */
+
+static void resume_op(rs_sched *s, rs_op *op) {
+  VALUE fiber = op->fiber;
+  VALUE args[2] = {op->raise_class, op->raise_message};
+  bool raise = op->action == RS_ACT_RAISE;
+  ready_unlink(s, op);
+  if (op->detached) {
+    op->waiting = 0;
+    op->fiber = Qnil;
+    op_maybe_free(s, op);
+  }
+  /* The op may be released by its fiber from here on: do not touch it. */
+  if (NIL_P(fiber) || !RTEST(rb_fiber_alive_p(fiber))) return;
+  s->running = fiber;
+  s->resuming = fiber;
+  if (raise) {
+    rb_fiber_raise(fiber, NIL_P(args[1]) ? 1 : 2, args);
+  } else {
+    rb_fiber_transfer(fiber, 0, NULL);
+  }
+  s->running = s->loop_fiber;
+}
+
+/* A SystemExit or Interrupt that ended a fiber ends the run too. */
+static void raise_pending(rs_sched *s) {
+  sched_wrap *w = wrap_of(s);
+  if (w->pending_error == Qnil) return;
+  VALUE e = w->pending_error;
+  w->pending_error = Qnil;
+  rb_exc_raise(e);
+}
+
+/* Resumes the fibers runnable now; ones made runnable meanwhile wait for
+ * the next turn so IO completions are reaped between rounds. */
+static void drain_ready(rs_sched *s) {
+  rs_op *last = s->ready_tail;
+  while (s->ready_head) {
+    rs_op *op = s->ready_head;
+    bool was_last = op == last;
+    resume_op(s, op);
+    raise_pending(s);
+    if (was_last) break;
+  }
+}
+
+static VALUE sched_run(VALUE self) {
+  rs_sched *s = rs_sched_get(self);
+  if (s->closed) rb_raise(rb_eIOError, "ringspun: scheduler is closed");
+  if (rb_fiber_current() != s->loop_fiber)
+    rb_raise(rb_eRuntimeError, "ringspun: Scheduler#run must be called from the fiber that created the scheduler");
+  for (;;) {
+    drain_ready(s);
+    if (s->live_fibers <= 0 && !s->ready_head) break;
+    int ret = s->backend.ops->wait(&s->backend, s->ready_head ? 0 : -1);
+    if (ret < 0) rs_raise_errno(-ret, s->backend.ops->name);
+    rb_thread_check_ints();
+  }
+  return self;
+}
+
+/* ---- teardown, fork -------------------------------------------------------------------- */
+
+static void cancel_live(rs_op *op, void *arg) {
+  rs_sched *s = arg;
+  op_cancel(s, op);
+}
+
+/* Cancels whatever is still in the kernel and waits (bounded) for it, so no
+ * completion can write into memory after we let go of it. */
+static void drain_inflight(rs_sched *s) {
+  if (!s->backend.impl) return;
+  rs_op_pool_each_live(&s->pool, cancel_live, s);
+  for (int i = 0; i < 200 && s->inflight > 0; i++) s->backend.ops->wait(&s->backend, 10 * 1000000LL);
+}
+
+static VALUE sched_teardown(VALUE self) {
+  rs_sched *s = rs_sched_get(self);
+  if (s->closed) return Qnil;
+  s->closed = true;
+  drain_inflight(s);
+  backend_destroy(s);
+  return Qnil;
+}
+
+static VALUE sched_close(VALUE self) {
+  rs_sched *s = rs_sched_get(self);
+  if (s->closed) return Qnil;
+  if (rb_fiber_current() != s->loop_fiber || s->closing) return sched_teardown(self);
+  s->closing = true;
+  rb_ensure(sched_run, self, sched_teardown, self);
+  return Qnil;
+}
+
+static int backend_start(rs_sched *s, const rs_backend_ops *ops) {
+  memset(&s->backend, 0, sizeof(s->backend));
+  s->backend.ops = ops;
+  s->backend.sched = s;
+  s->backend.wake_fd = -1;
+  return ops->init(&s->backend);
+}
+
+/* The child keeps the fibers it inherited but not the parent's ring: drop
+ * every inherited operation unseen by the kernel and start a new backend. */
+static void after_fork_child(sched_wrap *w) {
+  rs_sched *s = &w->s;
+  const rs_backend_ops *ops = s->backend.ops;
+  w->generation = fork_generation;
+  backend_destroy(s);
+  rs_op_pool_destroy(&s->pool);
+  rs_op_pool_init(&s->pool);
+  st_clear(s->block_ops);
+  s->ready_head = s->ready_tail = NULL;
+  s->inflight = 0;
+  VALUE cur = rb_fiber_current();
+  s->live_fibers = (cur != s->loop_fiber && !s->closed) ? 1 : 0;
+  s->thread = rb_thread_current();
+  if (s->closed || !ops) return;
+  int ret = backend_start(s, ops);
+  if (ret < 0 && ops == &rs_backend_uring_ops) ret = backend_start(s, &rs_backend_epoll_ops);
+  if (ret < 0) s->closed = true;
+}
+
+static VALUE sched_after_fork(VALUE self) {
+  rs_sched_get(self);
+  return self;
+}
+
+/* ---- construction ---------------------------------------------------------------------- */
+
+static ID backend_choice(VALUE want) {
+  if (NIL_P(want) || SYM2ID(want) == id_auto) {
+    const char *env = getenv("RINGSPUN_BACKEND");
+    if (!env || !*env || strcmp(env, "auto") == 0) return id_auto;
+    if (strcmp(env, "io_uring") == 0) return id_io_uring;
+    if (strcmp(env, "epoll") == 0) return id_epoll;
+    rb_raise(rb_eArgError, "RINGSPUN_BACKEND must be auto, io_uring or epoll, not %s", env);
+  }
+  ID id = SYM2ID(want);
+  if (id != id_io_uring && id != id_epoll) rb_raise(rb_eArgError, "backend must be :auto, :io_uring or :epoll");
+  return id;
+}
+
+static VALUE sched_initialize(int argc, VALUE *argv, VALUE self) {
+  VALUE opts, want = Qnil;
+  rb_scan_args(argc, argv, ":", &opts);
+  if (!NIL_P(opts)) {
+    ID keys[1] = {rb_intern("backend")};
+    VALUE vals[1];
+    rb_get_kwargs(opts, keys, 0, 1, vals);
+    if (vals[0] != Qundef) want = vals[0];
+  }
+  if (!NIL_P(want)) Check_Type(want, T_SYMBOL);
+  sched_wrap *w = rb_check_typeddata(self, &sched_type);
+  rs_sched *s = &w->s;
+  w->generation = fork_generation;
+  s->loop_fiber = rb_fiber_current();
+  s->thread = rb_thread_current();
+  s->running = Qnil;
+  s->resuming = Qnil;
+  ID choice = backend_choice(want);
+  int ret;
+  if (choice == id_epoll) {
+    ret = backend_start(s, &rs_backend_epoll_ops);
+  } else {
+    ret = backend_start(s, &rs_backend_uring_ops);
+    /* :auto falls back on any setup error: EPERM (seccomp, io_uring_disabled),
+     * ENOSYS, ENOMEM, EINVAL. */
+    if (ret < 0 && choice == id_auto) ret = backend_start(s, &rs_backend_epoll_ops);
+  }
+  if (ret < 0) {
+    s->backend.impl = NULL;
+    rs_raise_errno(-ret, choice == id_epoll ? "epoll_create1" : "io_uring_queue_init");
+  }
+  return self;
+}
+
+static VALUE sched_backend(VALUE self) {
+  rs_sched *s = rs_sched_get(self);
+  return ID2SYM(s->backend.ops == &rs_backend_uring_ops ? id_io_uring : id_epoll);
+}
+
+/* ---- hooks: fibers ------------------------------------------------------------------------ */
+
+static VALUE call_proc(VALUE proc) { return rb_proc_call_with_block(proc, 0, NULL, Qnil); }
+
+static VALUE report_error(VALUE a) {
+  return rb_funcall(RARRAY_AREF(a, 0), id_report, 2, RARRAY_AREF(a, 1), RARRAY_AREF(a, 2));
+}
+
+static VALUE fiber_body(RB_BLOCK_CALL_FUNC_ARGLIST(yielded, data)) {
+  VALUE self = RARRAY_AREF(data, 0);
+  rs_sched *s = rs_sched_get(self);
+  s->resuming = Qnil;
+  s->running = rb_fiber_current();
+  int state = 0;
+  VALUE result = rb_protect(call_proc, RARRAY_AREF(data, 1), &state);
+  s->live_fibers--;
+  if (!state) return result;
+  VALUE err = rb_errinfo();
+  if (state == 6 /* TAG_RAISE */ && rb_obj_is_kind_of(err, rb_eStandardError)) {
+    /* Like a Thread with report_on_exception: say so and let the others run. */
+    rb_set_errinfo(Qnil);
+    int ignored = 0;
+    rb_protect(report_error, rb_ary_new_from_args(3, self, rb_fiber_current(), err), &ignored);
+    if (ignored) rb_set_errinfo(Qnil);
+    return Qnil;
+  }
+  if (state == 6) {
+    /* SystemExit, Interrupt and friends end the whole run. */
+    rb_set_errinfo(Qnil);
+    wrap_of(s)->pending_error = err;
+    return Qnil;
+  }
+  rb_jump_tag(state);
+  return Qnil;
+}
+
+static VALUE sched_fiber(int argc, VALUE *argv, VALUE self) {
+  rs_sched *s = rs_sched_get(self);
+  rb_need_block();
+  if (s->closed) rb_raise(rb_eIOError, "ringspun: scheduler is closed");
+  VALUE data = rb_ary_new_from_args(2, self, rb_block_proc());
+  VALUE kw = rb_hash_new();
+  rb_hash_aset(kw, ID2SYM(id_blocking), Qfalse);
+  VALUE body = rb_proc_new(fiber_body, data);
+  VALUE fiber = rb_funcall_with_block_kw(cFiber, id_new, 1, &kw, body, RB_PASS_KEYWORDS);
+  s->live_fibers++;
+  VALUE me = rb_fiber_current();
+  if (me == s->loop_fiber) {
+    s->running = fiber;
+    s->resuming = fiber;
+    rb_fiber_transfer(fiber, 0, NULL);
+    s->running = me;
+    s->resuming = Qnil;
+    raise_pending(s);
+    return fiber;
+  }
+  /* The creator is runnable again at once; it waits in line behind others. */
+  rs_op *op = rs_op_new(s, RS_OP_READY);
+  op->fiber = me;
+  op->waiting = 1;
+  op->done = 1;
+  rs_sched_ready_push(s, op);
+  int state = park(s, fiber);
+  rs_op_release(s, op);
+  if (state) rb_jump_tag(state);
+  return fiber;
+}
+
+/* ---- hooks: time ---------------------------------------------------------------------------- */
+
+static int64_t duration_ns(VALUE d) {
+  double secs = NUM2DBL(d);
+  if (secs < 0) rb_raise(rb_eArgError, "time interval must not be negative");
+  if (secs > 1e9) secs = 1e9;
+  return (int64_t)(secs * 1e9);
+}
+
+/* Parks in a way `unblock` can end: forever, or until `timeout` expires.
+ * Returns true when unblocked, false when the time ran out. */
+static VALUE wait_blocked(rs_sched *s, VALUE timeout) {
+  check_parkable(s);
+  rs_op *op = rs_op_new(s, NIL_P(timeout) ? RS_OP_READY : RS_OP_TIMER);
+  if (!NIL_P(timeout)) op->timeout_ns = duration_ns(timeout);
+  VALUE me = rb_fiber_current();
+  st_insert(s->block_ops, (st_data_t)me, (st_data_t)op);
+  int ret = rs_op_await(s, op);
+  if (ret == -ETIME) return Qfalse;
+  if (ret < 0 && ret != -ECANCELED) rs_raise_errno(-ret, "timeout");
+  return Qtrue;
+}
+
+static VALUE sched_kernel_sleep(int argc, VALUE *argv, VALUE self) {
+  rs_sched *s = rs_sched_get(self);
+  rb_check_arity(argc, 0, 1);
+  wait_blocked(s, argc ? argv[0] : Qnil);
+  return Qtrue;
+}
+
+static VALUE sched_block(int argc, VALUE *argv, VALUE self) {
+  rs_sched *s = rs_sched_get(self);
+  rb_check_arity(argc, 1, 2);
+  return wait_blocked(s, argc > 1 ? argv[1] : Qnil);
+}
+
+static VALUE sched_unblock(VALUE self, VALUE blocker, VALUE fiber) {
+  rs_sched *s = rs_sched_get(self);
+  st_data_t v;
+  if (!s->closed && st_lookup(s->block_ops, (st_data_t)fiber, &v)) {
+    /* Only marks and queues; the owner thread cancels any kernel timer. */
+    op_finish(s, (rs_op *)v, 0);
+    if (rb_thread_current() != s->thread) s->backend.ops->wakeup(&s->backend);
+  }
+  return Qnil;
+}
+
+typedef struct timeout_args {
+  rs_sched *s;
+  rs_op *op;
+  VALUE duration;
+} timeout_args;
+
+static VALUE timeout_body(VALUE p) { return rb_yield(((timeout_args *)p)->duration); }
+
+static VALUE timeout_ensure(VALUE p) {
+  timeout_args *a = (timeout_args *)p;
+  rs_op_release(a->s, a->op);
+  return Qnil;
+}
+
+static VALUE sched_timeout_after(VALUE self, VALUE duration, VALUE klass, VALUE message) {
+  rs_sched *s = rs_sched_get(self);
+  rb_need_block();
+  check_parkable(s);
+  rs_op *op = rs_op_new(s, RS_OP_TIMER);
+  op->timeout_ns = duration_ns(duration);
+  op->action = RS_ACT_RAISE;
+  op->fiber = rb_fiber_current();
+  op->raise_class = klass;
+  op->raise_message = message;
+  op->waiting = 1;
+  int ret = op_submit(s, op);
+  if (ret < 0) {
+    rs_op_release(s, op);
+    rs_raise_errno(-ret, "timeout_after");
+  }
+  timeout_args a = {s, op, duration};
+  return rb_ensure(timeout_body, (VALUE)&a, timeout_ensure, (VALUE)&a);
+}
+
+/* ---- hooks: IO ---------------------------------------------------------------------------- */
+
+static VALUE sched_io_wait(VALUE self, VALUE io, VALUE events, VALUE timeout) {
+  rs_sched *s = rs_sched_get(self);
+  check_parkable(s);
+  int fd = rs_io_fd(io);
+  int ev = NUM2INT(events) & (POLLIN | POLLPRI | POLLOUT);
+  int64_t t = NIL_P(timeout) ? -1 : duration_ns(timeout);
+  int ret = rs_io_wait_fd(fd, (short)ev, t);
+  if (ret == 0) return Qfalse;
+  if (ret < 0) rs_raise_errno(-ret, "io_wait");
+  /* An error or hangup makes every requested direction "ready": the next
+   * system call reports what happened. */
+  if (ret & (POLLERR | POLLHUP | POLLNVAL)) return INT2NUM(ev);
+  return INT2NUM(ret & ev);
+}
+
+static VALUE sched_io_read(VALUE self, VALUE io, VALUE buffer, VALUE length) {
+  rs_sched_get(self);
+  int fd = rs_io_fd(io);
+  void *base;
+  size_t size;
+  rb_io_buffer_get_bytes_for_writing(buffer, &base, &size);
+  size_t want = NUM2SIZET(length), off = 0;
+  do {
+    ssize_t n = rs_io_read_keep(fd, (char *)base + off, size - off, buffer);
+    if (n < 0) return off ? SIZET2NUM(off) : INT2NUM((int)n);
+    if (n == 0) break;
+    off += (size_t)n;
+  } while (off < want && off < size);
+  return SIZET2NUM(off);
+}
+
+static VALUE sched_io_write(VALUE self, VALUE io, VALUE buffer, VALUE length) {
+  rs_sched_get(self);
+  int fd = rs_io_fd(io);
+  const void *base;
+  size_t size;
+  rb_io_buffer_get_bytes_for_reading(buffer, &base, &size);
+  size_t want = NUM2SIZET(length), off = 0;
+  do {
+    ssize_t n = rs_io_write_keep(fd, (const char *)base + off, size - off, buffer);
+    if (n < 0) return off ? SIZET2NUM(off) : INT2NUM((int)n);
+    off += (size_t)n;
+  } while (off < want && off < size);
+  return SIZET2NUM(off);
+}
+
+/* ---- hooks: processes ------------------------------------------------------------------------ */
+
+typedef struct pidfd_args {
+  int fd;
+} pidfd_args;
+
+static VALUE pidfd_wait(VALUE p) {
+  int ret = rs_io_wait_fd(((pidfd_args *)p)->fd, POLLIN, -1);
+  if (ret < 0) rs_raise_errno(-ret, "process_wait");
+  return Qnil;
+}
+
+static VALUE pidfd_close(VALUE p) {
+  close(((pidfd_args *)p)->fd);
+  return Qnil;
+}
+
+/* Waits for a pidfd to become readable (the child exited), then reaps it
+ * without blocking. Returns nil when a pidfd cannot be had. */
+static VALUE sched_wait_pidfd(VALUE self, VALUE pid) {
+  rs_sched_get(self);
+  int fd = (int)syscall(SYS_pidfd_open, NUM2INT(pid), 0);
+  if (fd < 0) return Qnil;
+  pidfd_args a = {fd};
+  rb_ensure(pidfd_wait, (VALUE)&a, pidfd_close, (VALUE)&a);
+  return Qtrue;
+}
+
+/* ---- introspection ------------------------------------------------------------------------- */
+
+static VALUE sched_pending_operations(VALUE self) { return SIZET2NUM(rs_sched_get(self)->pool.live); }
+static VALUE sched_inflight(VALUE self) { return SIZET2NUM(rs_sched_get(self)->inflight); }
+static VALUE sched_closed_p(VALUE self) { return rs_sched_get(self)->closed ? Qtrue : Qfalse; }
+static VALUE sched_fiber_count(VALUE self) { return LONG2NUM(rs_sched_get(self)->live_fibers); }
+
+static VALUE sched_features(VALUE self) {
+  rs_sched *s = rs_sched_get(self);
+  VALUE a = rb_ary_new();
+  int f = s->backend.probe_flags;
+  if (f & RS_FEAT_SPLICE) rb_ary_push(a, ID2SYM(rb_intern("splice")));
+  if (f & RS_FEAT_TEE) rb_ary_push(a, ID2SYM(rb_intern("tee")));
+  if (f & RS_FEAT_IOWQ_MAX_WORKERS) rb_ary_push(a, ID2SYM(rb_intern("iowq_max_workers")));
+  if (f & RS_FEAT_SUBMIT_WAIT_TIMEOUT) rb_ary_push(a, ID2SYM(rb_intern("ext_arg")));
+  return a;
+}
+
+void rs_init_scheduler(VALUE mRingspun) {
+  pthread_atfork(NULL, NULL, on_fork_child);
+  id_new = rb_intern("new");
+  id_blocking = rb_intern("blocking");
+  id_report = rb_intern("report_fiber_error");
+  id_wait = rb_intern("wait");
+  id_io_uring = rb_intern("io_uring");
+  id_epoll = rb_intern("epoll");
+  id_auto = rb_intern("auto");
+
+  cFiber = rb_path2class("Fiber");
+  cScheduler = rb_define_class_under(mRingspun, "Scheduler", rb_cObject);
+  rb_define_alloc_func(cScheduler, sched_alloc);
+  rb_define_method(cScheduler, "initialize", sched_initialize, -1);
+  rb_define_method(cScheduler, "backend", sched_backend, 0);
+  rb_define_method(cScheduler, "run", sched_run, 0);
+  rb_define_method(cScheduler, "close", sched_close, 0);
+  rb_define_method(cScheduler, "closed?", sched_closed_p, 0);
+  rb_define_method(cScheduler, "fiber", sched_fiber, -1);
+  rb_define_method(cScheduler, "kernel_sleep", sched_kernel_sleep, -1);
+  rb_define_method(cScheduler, "block", sched_block, -1);
+  rb_define_method(cScheduler, "unblock", sched_unblock, 2);
+  rb_define_method(cScheduler, "timeout_after", sched_timeout_after, 3);
+  rb_define_method(cScheduler, "io_wait", sched_io_wait, 3);
+  rb_define_method(cScheduler, "io_read", sched_io_read, 3);
+  rb_define_method(cScheduler, "io_write", sched_io_write, 3);
+  rb_define_method(cScheduler, "pending_operations", sched_pending_operations, 0);
+  rb_define_method(cScheduler, "inflight_operations", sched_inflight, 0);
+  rb_define_method(cScheduler, "fiber_count", sched_fiber_count, 0);
+  rb_define_method(cScheduler, "features", sched_features, 0);
+  rb_define_private_method(cScheduler, "wait_pidfd", sched_wait_pidfd, 1);
+  rb_define_private_method(cScheduler, "after_fork", sched_after_fork, 0);
+}

@@ -1,0 +1,63 @@
+# frozen_string_literal: true
+
+require_relative "ringspun/version"
+require_relative "ringspun/ringspun"
+require_relative "ringspun/scheduler"
+require_relative "ringspun/fork"
+
+# Fiber-based IO on Linux: a Fiber::Scheduler on io_uring (with an epoll
+# fallback) and zero-copy, streaming primitives exposed as methods on IO.
+module Ringspun
+  class << self
+    # Runs the block in a non-blocking fiber under a new {Scheduler} on the
+    # current thread, and returns once every fiber started under it has
+    # finished. The previous scheduler state is restored.
+    #
+    # Inside another scheduler the run takes a thread of its own, because
+    # installing a scheduler would close the one already there.
+    #
+    # @param backend [Symbol, nil] +:auto+ (default), +:io_uring+ or +:epoll+;
+    #   +nil+ honours +RINGSPUN_BACKEND+
+    # @yield the work to run; it may start more fibers with {spin}
+    # @return [Object] the block's value
+    # @raise [Exception] whatever the block raised
+    def run(backend: nil, &block)
+      raise ArgumentError, "Ringspun.run needs a block" unless block
+      return Thread.new { run(backend: backend, &block) }.value if Fiber.scheduler
+
+      scheduler = Scheduler.new(backend: backend)
+      Fiber.set_scheduler(scheduler)
+      run_main(scheduler, block)
+    ensure
+      Fiber.set_scheduler(nil) if scheduler && Fiber.scheduler.equal?(scheduler)
+    end
+
+    # Starts a fiber under the current scheduler (a Ringspun one or any other
+    # Fiber::Scheduler) and returns it.
+    #
+    # @yield the fiber's work
+    # @return [Fiber]
+    # @raise [RuntimeError] when the thread has no scheduler
+    def spin(&block)
+      raise ArgumentError, "Ringspun.spin needs a block" unless block
+      raise "Ringspun.spin needs a Fiber scheduler: call it inside Ringspun.run" unless Fiber.scheduler
+
+      Fiber.schedule(&block)
+    end
+
+    private
+
+    def run_main(scheduler, block)
+      outcome = nil
+      Fiber.schedule do
+        outcome = [:value, block.call]
+      rescue Exception => e # rubocop:disable Lint/RescueException -- re-raised below
+        outcome = [:error, e]
+      end
+      scheduler.run
+      raise outcome[1] if outcome && outcome[0] == :error
+
+      outcome&.last
+    end
+  end
+end
