@@ -27,8 +27,13 @@ module Ringspun
 
       scheduler = Scheduler.new(backend: backend)
       Fiber.set_scheduler(scheduler)
-      run_main(scheduler, block)
+      result = run_main(scheduler, block)
+      finished = true
+      result
     ensure
+      # Interrupted (Thread#kill, Interrupt, SystemExit from a fiber): the
+      # remaining fibers cannot all finish, so close without running them.
+      scheduler.abandon if scheduler && !finished
       Fiber.set_scheduler(nil) if scheduler && Fiber.scheduler.equal?(scheduler)
     end
 
@@ -55,9 +60,9 @@ module Ringspun
         outcome = [:error, e]
       end
       scheduler.run
-      raise outcome[1] if outcome && outcome[0] == :error
+      return outcome.last unless outcome&.first == :error
 
-      outcome&.last
+      raise outcome.last
     end
   end
 end

@@ -714,6 +714,7 @@ void rs_init_scheduler(VALUE mRingspun) {
   rb_define_method(cScheduler, "run", sched_run, 0);
   rb_define_method(cScheduler, "close", sched_close, 0);
   rb_define_method(cScheduler, "closed?", sched_closed_p, 0);
+  rb_define_method(cScheduler, "abandon", sched_teardown, 0);
   rb_define_method(cScheduler, "fiber", sched_fiber, -1);
   rb_define_method(cScheduler, "kernel_sleep", sched_kernel_sleep, -1);
   rb_define_method(cScheduler, "block", sched_block, -1);
