@@ -4,6 +4,8 @@ require_relative "ringspun/version"
 require_relative "ringspun/ringspun"
 require_relative "ringspun/scheduler"
 require_relative "ringspun/fork"
+require_relative "ringspun/pipe"
+require_relative "ringspun/io"
 
 # Fiber-based IO on Linux: a Fiber::Scheduler on io_uring (with an epoll
 # fallback) and zero-copy, streaming primitives exposed as methods on IO.

@@ -12,7 +12,7 @@
 #include <ruby/thread.h>
 #include <unistd.h>
 
-static ID id_for_fd, id_autoclose, id_to_io;
+static ID id_for_fd, id_autoclose, id_to_io, id_read_io, id_write_io;
 
 int rs_io_fd(VALUE io) {
   if (RB_INTEGER_TYPE_P(io)) {
@@ -85,6 +85,31 @@ int rs_io_wait_fd(int fd, short events, int64_t timeout_ns) {
   return wait_blocking(fd, events, timeout_ns);
 }
 
+static VALUE pipe_class(void) {
+  static VALUE cPipe = Qundef;
+  if (cPipe == Qundef) {
+    VALUE m = rb_const_get(rb_cObject, rb_intern("Ringspun"));
+    if (!rb_const_defined(m, rb_intern("Pipe"))) return Qnil;
+    cPipe = rb_const_get(m, rb_intern("Pipe"));
+    rb_gc_register_mark_object(cPipe);
+  }
+  return cPipe;
+}
+
+int rs_io_end_fd(VALUE obj, int side) {
+  if (RB_INTEGER_TYPE_P(obj) || RB_TYPE_P(obj, T_FILE)) return rs_io_fd(obj);
+  VALUE cPipe = pipe_class();
+  if (!NIL_P(cPipe) && rb_obj_is_kind_of(obj, cPipe))
+    return rs_io_fd(rb_funcall(obj, side == RS_SIDE_READ ? id_read_io : id_write_io, 0));
+  if (rb_respond_to(obj, id_to_io))
+    rb_raise(rb_eArgError,
+             "%" PRIsVALUE " wraps another IO: splicing would bypass it (and TLS); pass the object to a "
+             "primitive that writes through it, or pass a plain IO",
+             rb_obj_class(obj));
+  rb_raise(rb_eTypeError, "expected an IO, a Ringspun::Pipe or an Integer file descriptor, got %" PRIsVALUE,
+           rb_obj_class(obj));
+}
+
 static rs_sched *native_sched(void) {
   rs_sched *s = rs_sched_current();
   return s && s->backend.ops->native ? s : NULL;
@@ -135,4 +160,6 @@ void rs_init_io_ops(VALUE mRingspun) {
   id_for_fd = rb_intern("for_fd");
   id_autoclose = rb_intern("autoclose");
   id_to_io = rb_intern("to_io");
+  id_read_io = rb_intern("read_io");
+  id_write_io = rb_intern("write_io");
 }

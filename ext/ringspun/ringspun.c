@@ -6,4 +6,5 @@ RS_EXPORT void Init_ringspun(void) {
   rs_init_errors(mRingspun);
   rs_init_scheduler(mRingspun);
   rs_init_io_ops(mRingspun);
+  rs_init_splice(mRingspun);
 }

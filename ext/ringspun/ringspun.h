@@ -180,11 +180,18 @@ rs_op *rs_op_new(rs_sched *s, int kind);
  * op is released before returning. */
 int rs_op_await(rs_sched *s, rs_op *op);
 void rs_op_release(rs_sched *s, rs_op *op);
+int rs_ops_await_any(rs_sched *s, rs_op **ops, int n);
 void rs_sched_ready_push(rs_sched *s, rs_op *op);
 
 /* ---- IO operations (io_ops.c) --------------------------------------------- */
 
 int rs_io_fd(VALUE io);    /* raises IOError on a closed IO, TypeError else */
+enum { RS_SIDE_READ = 0, RS_SIDE_WRITE = 1 };
+/* The fd to read from (or write to) for a primitive's argument: an IO, a
+ * Ringspun::Pipe (its matching end) or an Integer fd. An object that wraps
+ * another IO (OpenSSL::SSL::SSLSocket) raises ArgumentError: splicing under
+ * it would bypass TLS. */
+int rs_io_end_fd(VALUE obj, int side);
 /* Wait for readiness; returns revents (> 0), 0 on timeout, -errno. */
 int rs_io_wait_fd(int fd, short events, int64_t timeout_ns);
 /* One read/write of up to len bytes, waiting for readiness as needed.
@@ -201,5 +208,6 @@ NORETURN(void rs_raise_errno(int err, const char *where));
 void rs_init_errors(VALUE mRingspun);
 void rs_init_scheduler(VALUE mRingspun);
 void rs_init_io_ops(VALUE mRingspun);
+void rs_init_splice(VALUE mRingspun);
 
 #endif

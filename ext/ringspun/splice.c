@@ -1,0 +1,369 @@
+/* Zero-copy moves: IO.splice, IO.tee, IO.double_splice.
+ *
+ * Written once against the IO operations. On io_uring (native) the splice
+ * is an SQE; io_uring always runs IORING_OP_SPLICE/TEE in io-wq workers, so
+ * every splice carries SPLICE_F_NONBLOCK and a side that is not ready is
+ * waited for with a poll operation, which parks no worker. Elsewhere the
+ * same steps use splice(2) and readiness waits. */
+#include "ringspun.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define RS_SPLICE_MAX_CHUNK (1U << 30)
+
+typedef struct rs_end {
+  int fd;
+  bool is_pipe;
+} rs_end;
+
+/* ---- one step ------------------------------------------------------------------ */
+
+static rs_sched *native_sched(void) {
+  rs_sched *s = rs_sched_current();
+  return s && s->backend.ops->native ? s : NULL;
+}
+
+/* One splice or tee with SPLICE_F_NONBLOCK; returns bytes, 0 or -errno
+ * (-EAGAIN included). */
+static long splice_step(rs_sched *s, int kind, int in, int out, size_t len) {
+  unsigned flags = SPLICE_F_NONBLOCK | SPLICE_F_MOVE;
+  if (len > RS_SPLICE_MAX_CHUNK) len = RS_SPLICE_MAX_CHUNK;
+  if (s) {
+    rs_op *op = rs_op_new(s, kind);
+    op->fd = in;
+    op->fd_out = out;
+    op->off = -1;
+    op->off_out = -1;
+    op->len = len;
+    op->op_flags = kind == RS_OP_TEE ? SPLICE_F_NONBLOCK : flags;
+    return rs_op_await(s, op);
+  }
+  for (;;) {
+    ssize_t n = kind == RS_OP_TEE ? tee(in, out, len, SPLICE_F_NONBLOCK) : splice(in, NULL, out, NULL, len, flags);
+    if (n >= 0) return n;
+    if (errno != EINTR) return -errno;
+  }
+}
+
+static bool fd_ready(int fd, short events) {
+  struct pollfd p = {.fd = fd, .events = events};
+  return poll(&p, 1, 0) > 0;
+}
+
+/* After EAGAIN: wait for the side that is not ready. Returns 0 or -errno
+ * and names the side in *side. */
+static int wait_blocked_side(int in, int out, const char **side) {
+  if (!fd_ready(in, POLLIN)) {
+    *side = "src";
+    int r = rs_io_wait_fd(in, POLLIN, -1);
+    return r < 0 ? r : 0;
+  }
+  *side = "dest";
+  int r = rs_io_wait_fd(out, POLLOUT, -1);
+  return r < 0 ? r : 0;
+}
+
+/* Which side an errno most likely belongs to, for the message. */
+static const char *side_of(int err) {
+  switch (err) {
+  case EPIPE:
+  case ECONNRESET:
+  case ENOSPC:
+  case EDQUOT:
+  case EFBIG:
+  case ENOTCONN:
+    return "dest";
+  default:
+    return "src";
+  }
+}
+
+NORETURN(static void raise_side(const char *call, int err, const char *side));
+static void raise_side(const char *call, int err, const char *side) {
+  char where[64];
+  snprintf(where, sizeof(where), "%s: %s", call, side);
+  rs_raise_errno(err, where);
+}
+
+/* One splice/tee that waits until it moves something or reaches the end. */
+static long move_once(int kind, int in, int out, size_t len) {
+  const char *call = kind == RS_OP_TEE ? "tee" : "splice";
+  for (;;) {
+    long n = splice_step(native_sched(), kind, in, out, len);
+    if (n >= 0) return n;
+    if (n != -EAGAIN) raise_side(call, (int)-n, side_of((int)-n));
+    const char *side = "src";
+    int w = wait_blocked_side(in, out, &side);
+    if (w < 0) raise_side(call, -w, side);
+  }
+}
+
+/* ---- argument checks ---------------------------------------------------------------- */
+
+static void check_access(int fd, bool want_write, const char *call, const char *side) {
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0) raise_side(call, errno, side);
+  int mode = fl & O_ACCMODE;
+  bool ok = want_write ? (mode == O_WRONLY || mode == O_RDWR) : (mode == O_RDONLY || mode == O_RDWR);
+  if (!ok) raise_side(call, EBADF, side);
+}
+
+static rs_end end_of(VALUE obj, int side, const char *call) {
+  rs_end e;
+  e.fd = rs_io_end_fd(obj, side);
+  struct stat st;
+  if (fstat(e.fd, &st) < 0) raise_side(call, errno, side == RS_SIDE_READ ? "src" : "dest");
+  e.is_pipe = S_ISFIFO(st.st_mode);
+  check_access(e.fd, side == RS_SIDE_WRITE, call, side == RS_SIDE_READ ? "src" : "dest");
+  return e;
+}
+
+static long check_len(VALUE maxlen) {
+  long len = NUM2LONG(maxlen);
+  if (len == 0) rb_raise(rb_eArgError, "maxlen must not be 0");
+  return len;
+}
+
+/* ---- IO.splice / IO.tee ---------------------------------------------------------------- */
+
+static VALUE io_s_splice(VALUE klass, VALUE src, VALUE dest, VALUE maxlen) {
+  long len = check_len(maxlen);
+  rs_end in = end_of(src, RS_SIDE_READ, "splice"), out = end_of(dest, RS_SIDE_WRITE, "splice");
+  if (!in.is_pipe && !out.is_pipe) rs_raise_errno(EINVAL, "splice: neither src nor dest is a pipe");
+  if (len > 0) return LONG2NUM(move_once(RS_OP_SPLICE, in.fd, out.fd, (size_t)len));
+  size_t chunk = len == LONG_MIN ? RS_SPLICE_MAX_CHUNK : (size_t)-len;
+  int64_t total = 0;
+  for (;;) {
+    long n = move_once(RS_OP_SPLICE, in.fd, out.fd, chunk);
+    if (n == 0) return LL2NUM(total);
+    total += n;
+  }
+}
+
+static VALUE io_s_tee(VALUE klass, VALUE src, VALUE dest, VALUE maxlen) {
+  long len = check_len(maxlen);
+  if (len < 0) rb_raise(rb_eArgError, "maxlen must be positive for tee");
+  rs_end in = end_of(src, RS_SIDE_READ, "tee"), out = end_of(dest, RS_SIDE_WRITE, "tee");
+  if (!in.is_pipe) rs_raise_errno(EINVAL, "tee: src is not a pipe");
+  if (!out.is_pipe) rs_raise_errno(EINVAL, "tee: dest is not a pipe");
+  return LONG2NUM(move_once(RS_OP_TEE, in.fd, out.fd, (size_t)len));
+}
+
+/* ---- IO.double_splice ------------------------------------------------------------------- */
+
+typedef struct dsplice {
+  int src, dst;
+  int pipe_r, pipe_w;
+  size_t chunk;
+  size_t cap;       /* pipe capacity */
+  int64_t in_pipe;  /* bytes spliced into the pipe, not yet out */
+  int64_t total;
+  bool eof;
+} dsplice;
+
+static int open_pipe(dsplice *d) {
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) return -errno;
+  d->pipe_r = fds[0];
+  d->pipe_w = fds[1];
+  /* A bigger pipe means fewer, larger splices; the limit for unprivileged
+   * users (/proc/sys/fs/pipe-max-size) may refuse it, which is harmless. */
+  if (d->chunk > 65536) fcntl(d->pipe_w, F_SETPIPE_SZ, (int)(d->chunk > 1048576 ? 1048576 : d->chunk));
+  int sz = fcntl(d->pipe_w, F_GETPIPE_SZ);
+  d->cap = sz > 0 ? (size_t)sz : 65536;
+  return 0;
+}
+
+static VALUE close_pipe(VALUE p) {
+  dsplice *d = (dsplice *)p;
+  if (d->pipe_r >= 0) close(d->pipe_r);
+  if (d->pipe_w >= 0) close(d->pipe_w);
+  d->pipe_r = d->pipe_w = -1;
+  return Qnil;
+}
+
+static size_t fill_len(dsplice *d) {
+  size_t room = d->cap - (size_t)d->in_pipe;
+  return room < d->chunk ? room : d->chunk;
+}
+
+static void account_fill(dsplice *d, long n) {
+  if (n == 0) d->eof = true;
+  else d->in_pipe += n;
+}
+
+static void account_drain(dsplice *d, long n) {
+  d->in_pipe -= n;
+  d->total += n;
+}
+
+/* Readiness strategy: alternate non-blocking splices; when neither side
+ * moves, wait for the one that holds things up. Data in the pipe can only
+ * leave through dest, so with bytes in the pipe we wait for dest. */
+static VALUE dsplice_ready(VALUE p) {
+  dsplice *d = (dsplice *)p;
+  while (!d->eof || d->in_pipe > 0) {
+    bool progress = false, src_blocked = false, dst_blocked = false;
+    if (!d->eof && (size_t)d->in_pipe < d->cap) {
+      long n = splice_step(NULL, RS_OP_SPLICE, d->src, d->pipe_w, fill_len(d));
+      if (n >= 0) account_fill(d, n), progress = true;
+      else if (n == -EAGAIN) src_blocked = true;
+      else raise_side("double_splice", (int)-n, "src");
+    }
+    if (d->in_pipe > 0) {
+      long n = splice_step(NULL, RS_OP_SPLICE, d->pipe_r, d->dst, (size_t)d->in_pipe);
+      if (n > 0) account_drain(d, n), progress = true;
+      else if (n == -EAGAIN || n == 0) dst_blocked = true;
+      else raise_side("double_splice", (int)-n, "dest");
+    }
+    if (progress) continue;
+    int w;
+    if (d->in_pipe > 0 && (dst_blocked || !src_blocked)) {
+      w = rs_io_wait_fd(d->dst, POLLOUT, -1);
+      if (w < 0) raise_side("double_splice", -w, "dest");
+    } else {
+      w = rs_io_wait_fd(d->src, POLLIN, -1);
+      if (w < 0) raise_side("double_splice", -w, "src");
+    }
+  }
+  return Qnil;
+}
+
+/* Native strategy: both halves in flight at once, each either a splice or,
+ * after EAGAIN, a poll on the side that is not ready. */
+enum { HALF_IDLE, HALF_SPLICE, HALF_POLL };
+
+typedef struct half {
+  rs_op *op;
+  int phase;     /* what op is */
+  bool want_poll; /* next submission waits for readiness first */
+} half;
+
+static rs_op *half_op(rs_sched *s, half *h, int fd, short events, int in, int out, size_t len) {
+  rs_op *op;
+  if (h->want_poll) {
+    op = rs_op_new(s, RS_OP_POLL);
+    op->fd = fd;
+    op->events = (uint32_t)events;
+    h->phase = HALF_POLL;
+  } else {
+    op = rs_op_new(s, RS_OP_SPLICE);
+    op->fd = in;
+    op->fd_out = out;
+    op->off = op->off_out = -1;
+    op->len = len;
+    op->op_flags = SPLICE_F_NONBLOCK | SPLICE_F_MOVE;
+    h->phase = HALF_SPLICE;
+  }
+  h->op = op;
+  return op;
+}
+
+/* Takes a finished op's result and frees the half for its next step. */
+static int half_take(rs_sched *s, half *h) {
+  int res = h->op->result;
+  rs_op_release(s, h->op);
+  h->op = NULL;
+  int phase = h->phase;
+  h->phase = HALF_IDLE;
+  h->want_poll = false;
+  if (phase == HALF_POLL) return res < 0 ? res : INT_MIN; /* ready: splice next */
+  return res;
+}
+
+typedef struct dsplice_native {
+  dsplice *d;
+  rs_sched *s;
+  half fill, drain;
+  bool fill_stalled; /* the pipe looked full: wait for the drain to move */
+} dsplice_native;
+
+static VALUE release_halves(VALUE p) {
+  dsplice_native *n = (dsplice_native *)p;
+  if (n->fill.op) rs_op_release(n->s, n->fill.op);
+  if (n->drain.op) rs_op_release(n->s, n->drain.op);
+  n->fill.op = n->drain.op = NULL;
+  return close_pipe((VALUE)n->d);
+}
+
+static void on_fill(dsplice_native *n, int res) {
+  dsplice *d = n->d;
+  if (res == INT_MIN) return;
+  if (res >= 0) return account_fill(d, res);
+  if (res != -EAGAIN) raise_side("double_splice", -res, "src");
+  /* With bytes in the pipe the pipe may be full (it counts buffers, not
+   * bytes): let the drain make room. With an empty pipe the source has
+   * nothing yet: poll it. */
+  if (d->in_pipe > 0) n->fill_stalled = true;
+  else n->fill.want_poll = true;
+}
+
+static void on_drain(dsplice_native *n, int res) {
+  dsplice *d = n->d;
+  if (res == INT_MIN) return;
+  if (res > 0) {
+    n->fill_stalled = false;
+    return account_drain(d, res);
+  }
+  if (res != -EAGAIN && res != 0) raise_side("double_splice", -res, "dest");
+  n->drain.want_poll = true;
+}
+
+static VALUE dsplice_native_run(VALUE p) {
+  dsplice_native *n = (dsplice_native *)p;
+  dsplice *d = n->d;
+  rs_sched *s = n->s;
+  for (;;) {
+    bool fill_ok = !d->eof && (size_t)d->in_pipe < d->cap && !n->fill_stalled;
+    if (!n->fill.op && fill_ok) half_op(s, &n->fill, d->src, POLLIN, d->src, d->pipe_w, fill_len(d));
+    if (!n->drain.op && d->in_pipe > 0) half_op(s, &n->drain, d->dst, POLLOUT, d->pipe_r, d->dst, (size_t)d->in_pipe);
+    if (!n->fill.op && !n->drain.op) break;
+    rs_op *ops[2] = {n->fill.op, n->drain.op};
+    int ret = rs_ops_await_any(s, ops, 2);
+    n->fill.op = ops[0];
+    n->drain.op = ops[1];
+    if (ret < 0) raise_side("double_splice", -ret, "io_uring");
+    if (n->fill.op && n->fill.op->done) on_fill(n, half_take(s, &n->fill));
+    if (n->drain.op && n->drain.op->done) on_drain(n, half_take(s, &n->drain));
+  }
+  return Qnil;
+}
+
+static VALUE io_s_double_splice(int argc, VALUE *argv, VALUE klass) {
+  VALUE src, dest, opts;
+  rb_scan_args(argc, argv, "2:", &src, &dest, &opts);
+  size_t chunk = 65536;
+  if (!NIL_P(opts)) {
+    ID keys[1] = {rb_intern("chunk_size")};
+    VALUE vals[1];
+    rb_get_kwargs(opts, keys, 0, 1, vals);
+    if (vals[0] != Qundef) {
+      long c = NUM2LONG(vals[0]);
+      if (c <= 0) rb_raise(rb_eArgError, "chunk_size must be positive");
+      chunk = (size_t)c > RS_SPLICE_MAX_CHUNK ? RS_SPLICE_MAX_CHUNK : (size_t)c;
+    }
+  }
+  rs_end in = end_of(src, RS_SIDE_READ, "double_splice"), out = end_of(dest, RS_SIDE_WRITE, "double_splice");
+  dsplice d = {.src = in.fd, .dst = out.fd, .pipe_r = -1, .pipe_w = -1, .chunk = chunk};
+  int ret = open_pipe(&d);
+  if (ret < 0) rs_raise_errno(-ret, "double_splice: pipe2");
+  rs_sched *s = native_sched();
+  if (s) {
+    dsplice_native n = {.d = &d, .s = s};
+    rb_ensure(dsplice_native_run, (VALUE)&n, release_halves, (VALUE)&n);
+  } else {
+    rb_ensure(dsplice_ready, (VALUE)&d, close_pipe, (VALUE)&d);
+  }
+  return LL2NUM(d.total);
+}
+
+void rs_init_splice(VALUE mRingspun) {
+  (void)mRingspun;
+  rb_define_singleton_method(rb_cIO, "splice", io_s_splice, 3);
+  rb_define_singleton_method(rb_cIO, "tee", io_s_tee, 3);
+  rb_define_singleton_method(rb_cIO, "double_splice", io_s_double_splice, -1);
+}
