@@ -180,7 +180,6 @@ rs_op *rs_op_new(rs_sched *s, int kind);
  * op is released before returning. */
 int rs_op_await(rs_sched *s, rs_op *op);
 void rs_op_release(rs_sched *s, rs_op *op);
-int rs_ops_await_any(rs_sched *s, rs_op **ops, int n);
 void rs_sched_ready_push(rs_sched *s, rs_op *op);
 
 /* ---- IO operations (io_ops.c) --------------------------------------------- */

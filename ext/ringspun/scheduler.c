@@ -271,41 +271,6 @@ int rs_op_await(rs_sched *s, rs_op *op) {
   return ret;
 }
 
-/* Submits the ops of `ops` not yet submitted and parks until at least one
- * is done. The caller owns the ops and releases each (rs_op_release) once
- * it has read its result. On interruption every op is cancelled and
- * released, then the exception propagates. Returns -errno when a
- * submission fails (the failed op is released and set to NULL). */
-int rs_ops_await_any(rs_sched *s, rs_op **ops, int n) {
-  VALUE me = rb_fiber_current();
-  for (int i = 0; i < n; i++) {
-    rs_op *op = ops[i];
-    if (!op || op->waiting) continue;
-    op->fiber = me;
-    op->waiting = 1;
-    int ret = op_submit(s, op);
-    if (ret < 0) {
-      rs_op_release(s, op);
-      ops[i] = NULL;
-      return ret;
-    }
-  }
-  for (;;) {
-    for (int i = 0; i < n; i++)
-      if (ops[i] && ops[i]->done) return 0;
-    int state = park(s, s->loop_fiber);
-    if (state) {
-      for (int i = 0; i < n; i++) {
-        if (!ops[i]) continue;
-        if (ops[i]->keep != Qnil) rb_bug("ringspun: rs_ops_await_any takes no Ruby buffers");
-        rs_op_release(s, ops[i]);
-        ops[i] = NULL;
-      }
-      rb_jump_tag(state);
-    }
-  }
-}
-
 /* ---- the loop ------------------------------------------------------------------------ */
 
 static void resume_op(rs_sched *s, rs_op *op) {
