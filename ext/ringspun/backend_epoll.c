@@ -253,5 +253,6 @@ const rs_backend_ops rs_backend_epoll_ops = {
     .submit = epoll_submit,
     .cancel = epoll_cancel,
     .wait = epoll_wait_backend,
+    .flush = NULL,
     .wakeup = epoll_wakeup,
 };

@@ -259,6 +259,8 @@ static int uring_wait(rs_backend *b, int64_t timeout_ns) {
   return a.ret < 0 ? a.ret : 0;
 }
 
+static void uring_flush(rs_backend *b) { io_uring_submit(&U(b)->ring); }
+
 static void uring_wakeup(rs_backend *b) {
   uint64_t one = 1;
   if (b->wake_fd >= 0) {
@@ -275,5 +277,6 @@ const rs_backend_ops rs_backend_uring_ops = {
     .submit = uring_submit,
     .cancel = uring_cancel,
     .wait = uring_wait,
+    .flush = uring_flush,
     .wakeup = uring_wakeup,
 };

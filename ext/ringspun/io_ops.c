@@ -155,6 +155,73 @@ ssize_t rs_io_write_keep(int fd, const void *buf, size_t len, VALUE keep) {
   return s ? native_rw(s, RS_OP_WRITE, fd, p, len, keep) : ready_rw(RS_OP_WRITE, fd, p, len);
 }
 
+rs_buf_pool *rs_current_pool(void) {
+  rs_sched *s = rs_sched_current();
+  return s ? &s->bufs : rs_buf_pool_thread();
+}
+
+static ssize_t write_all(int fd, const char *buf, size_t len) {
+  size_t off = 0;
+  while (off < len) {
+    ssize_t n = rs_io_write_keep(fd, buf + off, len - off, Qnil);
+    if (n < 0) return n;
+    off += (size_t)n;
+  }
+  return (ssize_t)len;
+}
+
+/* p->block and p->pool are set by the caller; buf lies in p->block. */
+void rs_pending_start(rs_pending *p, int kind, int fd, void *buf, size_t len) {
+  p->s = native_sched();
+  p->op = NULL;
+  p->kind = kind;
+  p->fd = fd;
+  p->buf = buf;
+  p->len = len;
+  p->active = true;
+  if (!p->s) return;
+  rs_op *op = rs_op_new(p->s, kind);
+  op->fd = fd;
+  op->buf = buf;
+  op->len = len;
+  op->off = -1;
+  if (rs_op_start(p->s, op) < 0) return; /* finish does it the slow way */
+  p->op = op;
+  op->block = p->block;
+  op->block_pool = p->pool;
+  p->op_owns_block = true;
+}
+
+ssize_t rs_pending_finish(rs_pending *p) {
+  if (!p->active) return 0;
+  ssize_t n = -EAGAIN;
+  if (p->op) {
+    rs_op *op = p->op;
+    p->op = NULL;
+    /* If this raises, the op keeps the block until its completion. */
+    n = rs_op_wait(p->s, op);
+    p->op_owns_block = false;
+  }
+  p->active = false;
+  if (p->kind == RS_OP_READ) return n == -EAGAIN ? rs_io_read_keep(p->fd, p->buf, p->len, Qnil) : n;
+  if (n == -EAGAIN) n = 0;
+  if (n < 0) return n;
+  /* A short write: the rest goes out now. */
+  ssize_t rest = write_all(p->fd, p->buf + n, p->len - (size_t)n);
+  return rest < 0 ? rest : (ssize_t)p->len;
+}
+
+void rs_pending_cleanup(rs_pending *p) {
+  p->active = false;
+  if (p->op) {
+    rs_op *op = p->op;
+    p->op = NULL;
+    rs_op_release(p->s, op); /* cancels; the completion frees the block */
+  }
+  if (!p->op_owns_block && p->block) rs_buf_put(p->pool, p->block);
+  p->block = NULL;
+}
+
 void rs_init_io_ops(VALUE mRingspun) {
   (void)mRingspun;
   id_for_fd = rb_intern("for_fd");

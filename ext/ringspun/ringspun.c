@@ -7,4 +7,5 @@ RS_EXPORT void Init_ringspun(void) {
   rs_init_scheduler(mRingspun);
   rs_init_io_ops(mRingspun);
   rs_init_splice(mRingspun);
+  rs_init_zstream(mRingspun);
 }

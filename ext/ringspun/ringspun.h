@@ -13,6 +13,7 @@
 #include <time.h>
 #include <pthread.h>
 #include <linux/time_types.h>
+#include "buffer_pool.h"
 
 #define RS_EXPORT __attribute__((visibility("default")))
 
@@ -89,6 +90,8 @@ struct rs_op {
   int64_t off_out;
   unsigned int op_flags;
   VALUE raise_class, raise_message; /* RS_ACT_RAISE */
+  void *block;          /* a pool block the kernel may write; the op owns it */
+  rs_buf_pool *block_pool;
 };
 
 typedef struct rs_op_pool {
@@ -118,6 +121,7 @@ typedef struct rs_backend_ops {
    * 0: poll). Completions are delivered through rs_op_complete. The GVL is
    * released only around the blocking system call. Returns -errno. */
   int (*wait)(rs_backend *b, int64_t timeout_ns);
+  void (*flush)(rs_backend *b);              /* push queued SQEs now */
   void (*wakeup)(rs_backend *b);             /* any thread, async-signal-safe */
 } rs_backend_ops;
 
@@ -153,6 +157,7 @@ uint64_t rs_now_ns(void);
 struct rs_sched {
   rs_backend backend;
   rs_op_pool pool;
+  rs_buf_pool bufs;
   rs_op *ready_head, *ready_tail; /* runnable fibers, FIFO */
   VALUE self;
   VALUE loop_fiber;     /* the blocking fiber that runs the event loop */
@@ -179,6 +184,10 @@ rs_op *rs_op_new(rs_sched *s, int kind);
  * waits for the kernel when `keep` is set), releases it and re-raises. The
  * op is released before returning. */
 int rs_op_await(rs_sched *s, rs_op *op);
+/* The two halves of rs_op_await, for an op kept in flight while the fiber
+ * works: submit (and push to the kernel now), later wait for it. */
+int rs_op_start(rs_sched *s, rs_op *op);
+int rs_op_wait(rs_sched *s, rs_op *op);
 void rs_op_release(rs_sched *s, rs_op *op);
 void rs_sched_ready_push(rs_sched *s, rs_op *op);
 
@@ -200,6 +209,34 @@ int rs_io_wait_fd(int fd, short events, int64_t timeout_ns);
 ssize_t rs_io_read_keep(int fd, void *buf, size_t len, VALUE keep);
 ssize_t rs_io_write_keep(int fd, const void *buf, size_t len, VALUE keep);
 
+/* A read or write that may be kept in flight while the fiber works (the
+ * native strategy: an SQE submitted now); elsewhere it runs at finish.
+ * The buffer lies in a pool block. While the kernel may write the block
+ * the op owns it: if the fiber is interrupted or gives up, the block goes
+ * back to its pool only when the completion arrives. */
+typedef struct rs_pending {
+  rs_sched *s;       /* native scheduler, or NULL */
+  rs_op *op;         /* in flight, or NULL */
+  int kind;          /* RS_OP_READ or RS_OP_WRITE */
+  int fd;
+  char *buf;
+  size_t len;
+  void *block;       /* the pool block holding buf */
+  rs_buf_pool *pool;
+  bool active;
+  bool op_owns_block;
+} rs_pending;
+
+void rs_pending_start(rs_pending *p, int kind, int fd, void *buf, size_t len);
+/* Reads: bytes read (0 at end of input). Writes: writes all of len.
+ * Returns -errno on failure. */
+ssize_t rs_pending_finish(rs_pending *p);
+/* Gives up on an operation in flight, and returns the block to the pool
+ * unless the kernel may still write it (then its op returns it later). */
+void rs_pending_cleanup(rs_pending *p);
+/* The pool for the current fiber: its scheduler's, or the thread's. */
+rs_buf_pool *rs_current_pool(void);
+
 /* ---- errors (errors.c) ------------------------------------------------------ */
 
 NORETURN(void rs_raise_errno(int err, const char *where));
@@ -208,5 +245,6 @@ void rs_init_errors(VALUE mRingspun);
 void rs_init_scheduler(VALUE mRingspun);
 void rs_init_io_ops(VALUE mRingspun);
 void rs_init_splice(VALUE mRingspun);
+void rs_init_zstream(VALUE mRingspun);
 
 #endif

@@ -66,13 +66,14 @@ static void sched_free(void *p) {
   sched_wrap *w = p;
   backend_destroy(&w->s);
   rs_op_pool_destroy(&w->s.pool);
+  rs_buf_pool_destroy(&w->s.bufs);
   if (w->s.block_ops) st_free_table(w->s.block_ops);
   xfree(w);
 }
 
 static size_t sched_size(const void *p) {
   const sched_wrap *w = p;
-  return sizeof(*w) + w->s.pool.nslabs * 256 * sizeof(rs_op);
+  return sizeof(*w) + w->s.pool.nslabs * 256 * sizeof(rs_op) + (w->s.bufs.nfree + w->s.bufs.out) * RS_BLOCK_SIZE;
 }
 
 static const rb_data_type_t sched_type = {
@@ -146,6 +147,9 @@ rs_op *rs_op_new(rs_sched *s, int kind) {
 
 static void op_maybe_free(rs_sched *s, rs_op *op) {
   if (op->waiting || op->kernel_refs || op->in_backend || op->queued) return;
+  /* The kernel is done with the block: now it may be reused. */
+  if (op->block) rs_buf_put(op->block_pool, op->block);
+  op->block = NULL;
   rs_op_pool_put(&s->pool, op);
 }
 
@@ -254,6 +258,18 @@ static void check_parkable(rs_sched *s) {
   if (rb_fiber_current() == s->loop_fiber) rb_raise(rb_eRuntimeError, "ringspun: the loop fiber cannot wait on itself");
 }
 
+int rs_op_start(rs_sched *s, rs_op *op) {
+  op->fiber = rb_fiber_current();
+  op->waiting = 1;
+  int ret = op_submit(s, op);
+  if (ret < 0) {
+    rs_op_release(s, op);
+    return ret;
+  }
+  if (s->backend.ops->flush) s->backend.ops->flush(&s->backend);
+  return 0;
+}
+
 int rs_op_await(rs_sched *s, rs_op *op) {
   op->fiber = rb_fiber_current();
   op->waiting = 1;
@@ -262,11 +278,17 @@ int rs_op_await(rs_sched *s, rs_op *op) {
     rs_op_release(s, op);
     return ret;
   }
+  return rs_op_wait(s, op);
+}
+
+int rs_op_wait(rs_sched *s, rs_op *op) {
+  int ret;
   while (!op->done) {
     int state = park(s, s->loop_fiber);
     if (state) op_abort(s, op, state);
   }
   ret = op->result;
+  op->block = NULL; /* done: the block is the caller's again */
   rs_op_release(s, op);
   return ret;
 }
@@ -373,6 +395,11 @@ static int backend_start(rs_sched *s, const rs_backend_ops *ops) {
   return ops->init(&s->backend);
 }
 
+static void drop_block(rs_op *op, void *arg) {
+  if (op->block) rs_buf_put(op->block_pool, op->block);
+  op->block = NULL;
+}
+
 /* The child keeps the fibers it inherited but not the parent's ring: drop
  * every inherited operation unseen by the kernel and start a new backend. */
 static void after_fork_child(sched_wrap *w) {
@@ -380,6 +407,7 @@ static void after_fork_child(sched_wrap *w) {
   const rs_backend_ops *ops = s->backend.ops;
   w->generation = fork_generation;
   backend_destroy(s);
+  rs_op_pool_each_live(&s->pool, drop_block, s);
   rs_op_pool_destroy(&s->pool);
   rs_op_pool_init(&s->pool);
   st_clear(s->block_ops);
