@@ -189,6 +189,7 @@ int rs_op_await(rs_sched *s, rs_op *op);
 int rs_op_start(rs_sched *s, rs_op *op);
 int rs_op_wait(rs_sched *s, rs_op *op);
 void rs_op_release(rs_sched *s, rs_op *op);
+void rs_op_cancel(rs_sched *s, rs_op *op);
 void rs_sched_ready_push(rs_sched *s, rs_op *op);
 
 /* ---- IO operations (io_ops.c) --------------------------------------------- */
@@ -237,6 +238,26 @@ void rs_pending_cleanup(rs_pending *p);
 /* The pool for the current fiber: its scheduler's, or the thread's. */
 rs_buf_pool *rs_current_pool(void);
 
+/* ---- chunk reader with read-ahead (reader.c) ------------------------------ */
+
+typedef struct rs_reader {
+  int fd;
+  size_t chunk;       /* bytes per read, at most RS_BLOCK_SIZE */
+  rs_buf_pool *pool;
+  void *block[2];
+  int cur;
+  rs_pending pend;
+  bool eof;
+} rs_reader;
+
+void rs_reader_init(rs_reader *r, int fd, size_t chunk);
+/* The next chunk: bytes (0 at end of input) or -errno; *data points into
+ * a block that stays valid until the call after next. */
+ssize_t rs_reader_next(rs_reader *r, const char **data);
+/* Stops reading. With `io`, bytes a read-ahead already took are pushed
+ * back into io's read buffer (IO#ungetbyte) so nothing is lost. */
+void rs_reader_cleanup(rs_reader *r, VALUE io);
+
 /* ---- errors (errors.c) ------------------------------------------------------ */
 
 NORETURN(void rs_raise_errno(int err, const char *where));
@@ -246,5 +267,7 @@ void rs_init_scheduler(VALUE mRingspun);
 void rs_init_io_ops(VALUE mRingspun);
 void rs_init_splice(VALUE mRingspun);
 void rs_init_zstream(VALUE mRingspun);
+void rs_init_reader(VALUE mRingspun);
+void rs_init_loops(VALUE mRingspun);
 
 #endif

@@ -184,7 +184,7 @@ void rs_op_kernel_done(rs_op *op) {
   op_maybe_free(s, op);
 }
 
-static void op_cancel(rs_sched *s, rs_op *op) {
+void rs_op_cancel(rs_sched *s, rs_op *op) {
   if (op->cancelling || !(op->kernel_refs || op->in_backend)) return;
   op->cancelling = 1;
   s->backend.ops->cancel(&s->backend, op);
@@ -197,7 +197,7 @@ void rs_op_release(rs_sched *s, rs_op *op) {
   ready_unlink(s, op);
   if (op->kernel_refs || op->in_backend) {
     /* The completion (or the epoll backend, at once) frees it. */
-    op_cancel(s, op);
+    rs_op_cancel(s, op);
     return;
   }
   op_maybe_free(s, op);
@@ -242,7 +242,7 @@ static int park(rs_sched *s, VALUE target) {
  * memory Ruby can see, wait for its last completion before letting go. */
 static void op_abort(rs_sched *s, rs_op *op, int state) {
   VALUE err = rb_errinfo();
-  op_cancel(s, op);
+  rs_op_cancel(s, op);
   ready_unlink(s, op);
   while (op->keep != Qnil && op->kernel_refs > 0) {
     park(s, s->loop_fiber);
@@ -358,7 +358,7 @@ static VALUE sched_run(VALUE self) {
 
 static void cancel_live(rs_op *op, void *arg) {
   rs_sched *s = arg;
-  op_cancel(s, op);
+  rs_op_cancel(s, op);
 }
 
 /* Cancels whatever is still in the kernel and waits (bounded) for it, so no

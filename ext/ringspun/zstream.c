@@ -37,9 +37,8 @@ typedef struct zjob {
   size_t src_off;     /* String source: bytes handed to zlib so far */
   bool src_locked;
   bool src_eof;
-  void *in_block[2];
-  int in_cur;
-  rs_pending rd;
+  rs_reader rd;
+  bool rd_ready;
   /* destination */
   int dst_kind;
   int dst_fd;
@@ -117,25 +116,14 @@ static int zrun(zjob *j, int flush) {
 
 /* ---- source ------------------------------------------------------------------------------ */
 
-static void start_read(zjob *j) {
-  rs_pending *p = &j->rd;
-  p->block = j->in_block[j->in_cur];
-  p->pool = j->pool;
-  p->op_owns_block = false;
-  rs_pending_start(p, RS_OP_READ, j->src_fd, p->block, RS_BLOCK_SIZE);
-}
-
 /* Hands zlib the next input; false at end of input. */
 static bool next_input_fd(zjob *j) {
-  if (!j->rd.active) start_read(j);
-  ssize_t n = rs_pending_finish(&j->rd);
+  const char *data = NULL;
+  ssize_t n = rs_reader_next(&j->rd, &data);
   if (n < 0) raise_io(j, (int)-n, "src");
   if (n == 0) return false;
-  j->z.next_in = j->in_block[j->in_cur];
+  j->z.next_in = (Bytef *)data;
   j->z.avail_in = (uInt)n;
-  /* Keep the next read in flight while zlib works on this block. */
-  j->in_cur ^= 1;
-  start_read(j);
   return true;
 }
 
@@ -310,32 +298,24 @@ static VALUE decompress_body(VALUE p) {
 
 /* ---- setup and teardown ------------------------------------------------------------------------ */
 
-static void release_block(zjob *j, void *block, void *kept_a, void *kept_b) {
-  if (block && block != kept_a && block != kept_b) rs_buf_put(j->pool, block);
+static void release_block(zjob *j, void *block, void *kept) {
+  if (block && block != kept) rs_buf_put(j->pool, block);
 }
 
 static VALUE zjob_cleanup(VALUE p) {
   zjob *j = (zjob *)p;
-  /* A block an in-flight op still holds goes back when the op completes. */
-  void *kept_rd = j->rd.op_owns_block ? j->rd.block : NULL;
+  if (j->rd_ready) rs_reader_cleanup(&j->rd, Qnil);
+  /* A block an in-flight write still holds goes back when it completes. */
   void *kept_wr = j->wr.op_owns_block ? j->wr.block : NULL;
-  j->rd.block = j->wr.block = NULL;
-  if (j->rd.op) {
-    rs_op *op = j->rd.op;
-    j->rd.op = NULL;
-    rs_op_release(j->rd.s, op);
-  }
+  j->wr.block = NULL;
   if (j->wr.op) {
     rs_op *op = j->wr.op;
     j->wr.op = NULL;
     rs_op_release(j->wr.s, op);
   }
-  for (int i = 0; i < 2; i++) {
-    release_block(j, j->in_block[i], kept_rd, kept_wr);
-    release_block(j, j->out_block[i], kept_rd, kept_wr);
-  }
-  release_block(j, j->hdr.name, NULL, NULL);
-  release_block(j, j->hdr.comment, NULL, NULL);
+  for (int i = 0; i < 2; i++) release_block(j, j->out_block[i], kept_wr);
+  release_block(j, j->hdr.name, NULL);
+  release_block(j, j->hdr.comment, NULL);
   if (j->z_ready) {
     if (j->mode == ZM_GZIP || j->mode == ZM_DEFLATE) deflateEnd(&j->z);
     else inflateEnd(&j->z);
@@ -391,9 +371,10 @@ static void zjob_init(zjob *j, int mode, const char *name, VALUE src, VALUE dst)
 static void take_blocks(zjob *j) {
   j->pool = rs_current_pool();
   if (!j->pool) rb_raise(rb_eNoMemError, "%s: cannot allocate a buffer pool", j->name);
-  for (int i = 0; i < 2; i++) {
-    if (j->src_kind == SRC_FD) j->in_block[i] = take_block(j);
-    j->out_block[i] = take_block(j);
+  for (int i = 0; i < 2; i++) j->out_block[i] = take_block(j);
+  if (j->src_kind == SRC_FD) {
+    rs_reader_init(&j->rd, j->src_fd, RS_BLOCK_SIZE);
+    j->rd_ready = true;
   }
 }
 

@@ -1,0 +1,106 @@
+/* Feeding parsers: IO#read_loop, BasicSocket#recv_loop, IO#feed_loop.
+ *
+ * A tight loop in C over the read-ahead reader: under a Ringspun scheduler
+ * on io_uring the next read is in flight while the block runs. Each chunk
+ * is a new binary String. When the loop ends early (break, an exception),
+ * bytes a read-ahead already took go back into the IO's read buffer. */
+#include "ringspun.h"
+#include <ruby/io.h>
+
+static ID id_call;
+
+typedef struct loop_args {
+  VALUE io;
+  rs_reader r;
+  bool reader_ready;
+  /* feed_loop: receiver.public_send(method, chunk, &block) */
+  VALUE receiver;
+  ID method;
+  VALUE block;
+  const char *name;
+} loop_args;
+
+static void deliver(loop_args *a, VALUE chunk) {
+  if (NIL_P(a->receiver)) rb_yield(chunk);
+  else rb_funcall_with_block(a->receiver, a->method, 1, &chunk, a->block);
+}
+
+/* Bytes Ruby already buffered for this IO come first. */
+static void deliver_buffered(loop_args *a, rb_io_t *fptr) {
+  if (fptr->rbuf.len <= 0) return;
+  VALUE chunk = rb_str_new(fptr->rbuf.ptr + fptr->rbuf.off, fptr->rbuf.len);
+  fptr->rbuf.off += fptr->rbuf.len;
+  fptr->rbuf.len = 0;
+  deliver(a, chunk);
+}
+
+static VALUE loop_body(VALUE p) {
+  loop_args *a = (loop_args *)p;
+  for (;;) {
+    const char *data = NULL;
+    ssize_t n = rs_reader_next(&a->r, &data);
+    if (n < 0) rs_raise_errno((int)-n, a->name);
+    if (n == 0) break;
+    deliver(a, rb_str_new(data, n));
+  }
+  return a->io;
+}
+
+static VALUE loop_ensure(VALUE p) {
+  loop_args *a = (loop_args *)p;
+  if (a->reader_ready) rs_reader_cleanup(&a->r, a->io);
+  return Qnil;
+}
+
+static VALUE run_loop(loop_args *a, long maxlen) {
+  if (maxlen <= 0) rb_raise(rb_eArgError, "maxlen must be positive");
+  rb_io_t *fptr;
+  GetOpenFile(a->io, fptr);
+  rb_io_check_readable(fptr);
+  deliver_buffered(a, fptr);
+  rs_reader_init(&a->r, fptr->fd, (size_t)maxlen);
+  a->reader_ready = true;
+  rb_ensure(loop_body, (VALUE)a, loop_ensure, (VALUE)a);
+  return a->io;
+}
+
+static VALUE io_read_loop(int argc, VALUE *argv, VALUE self) {
+  rb_check_arity(argc, 0, 1);
+  rb_need_block();
+  loop_args a = {.io = self, .receiver = Qnil, .block = Qnil, .name = "read_loop"};
+  return run_loop(&a, argc ? NUM2LONG(argv[0]) : 65536);
+}
+
+static VALUE sock_recv_loop(int argc, VALUE *argv, VALUE self) {
+  rb_check_arity(argc, 0, 1);
+  rb_need_block();
+  loop_args a = {.io = self, .receiver = Qnil, .block = Qnil, .name = "recv_loop"};
+  return run_loop(&a, argc ? NUM2LONG(argv[0]) : 65536);
+}
+
+static VALUE io_feed_loop(int argc, VALUE *argv, VALUE self) {
+  VALUE receiver, method, opts;
+  rb_scan_args(argc, argv, "11:", &receiver, &method, &opts);
+  long maxlen = 65536;
+  if (!NIL_P(opts)) {
+    ID keys[1] = {rb_intern("maxlen")};
+    VALUE vals[1];
+    rb_get_kwargs(opts, keys, 0, 1, vals);
+    if (vals[0] != Qundef) maxlen = NUM2LONG(vals[0]);
+  }
+  loop_args a = {.io = self, .receiver = receiver, .name = "feed_loop"};
+  a.method = NIL_P(method) ? id_call : rb_to_id(method);
+  a.block = rb_block_given_p() ? rb_block_proc() : Qnil;
+  VALUE r = run_loop(&a, maxlen);
+  RB_GC_GUARD(a.block);
+  return r;
+}
+
+void rs_init_loops(VALUE mRingspun) {
+  (void)mRingspun;
+  id_call = rb_intern("call");
+  rb_define_method(rb_cIO, "read_loop", io_read_loop, -1);
+  rb_define_method(rb_cIO, "feed_loop", io_feed_loop, -1);
+  rb_require("socket");
+  rb_define_method(rb_path2class("BasicSocket"), "recv_loop", sock_recv_loop, -1);
+}
