@@ -6,6 +6,7 @@ require_relative "ringspun/scheduler"
 require_relative "ringspun/fork"
 require_relative "ringspun/pipe"
 require_relative "ringspun/io"
+require_relative "ringspun/msgpack"
 
 # Fiber-based IO on Linux: a Fiber::Scheduler on io_uring (with an epoll
 # fallback) and zero-copy, streaming primitives exposed as methods on IO.

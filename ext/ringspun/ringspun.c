@@ -10,4 +10,5 @@ RS_EXPORT void Init_ringspun(void) {
   rs_init_splice(mRingspun);
   rs_init_zstream(mRingspun);
   rs_init_loops(mRingspun);
+  rs_init_msgpack(mRingspun);
 }

@@ -269,5 +269,6 @@ void rs_init_splice(VALUE mRingspun);
 void rs_init_zstream(VALUE mRingspun);
 void rs_init_reader(VALUE mRingspun);
 void rs_init_loops(VALUE mRingspun);
+void rs_init_msgpack(VALUE mRingspun);
 
 #endif

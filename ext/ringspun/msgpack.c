@@ -1,0 +1,324 @@
+/* Native MessagePack: IO#msgpack_each decodes with msgpack-c straight from
+ * the read-ahead reader's blocks (no String per read); Ringspun::MessagePack
+ * .pack/.unpack for strings.
+ *
+ * msgpack-c builds each message as an object tree in its zone; we turn the
+ * tree into Ruby objects and clear the zone for the next message, so the
+ * zone's memory is reused rather than allocated per message. Map keys that
+ * are strings become deduplicated frozen strings, as the msgpack gem does. */
+#include "ringspun.h"
+#include <msgpack.h>
+#include <ruby/encoding.h>
+#include <ruby/io.h>
+
+#define RS_PACK_MAX_DEPTH 512
+
+static VALUE mMessagePack, cExtensionValue, eMalformed, eUnknownExt;
+static ID id_type, id_payload;
+
+typedef struct mp_opts {
+  bool symbolize_keys, freeze, allow_unknown_ext;
+} mp_opts;
+
+/* ---- msgpack_object -> VALUE ------------------------------------------------------ */
+
+static VALUE to_ruby(const msgpack_object *o, const mp_opts *opts, bool is_key);
+
+static VALUE str_value(const msgpack_object_str *s, const mp_opts *opts, bool is_key) {
+  if (is_key && opts->symbolize_keys) return rb_str_intern(rb_utf8_str_new(s->ptr, s->size));
+  if (is_key) return rb_enc_interned_str(s->ptr, s->size, rb_utf8_encoding());
+  VALUE v = rb_utf8_str_new(s->ptr, s->size);
+  return opts->freeze ? rb_obj_freeze(v) : v;
+}
+
+static VALUE ext_value(const msgpack_object_ext *e, const mp_opts *opts) {
+  if (!opts->allow_unknown_ext) rb_raise(eUnknownExt, "unexpected extension type %d", (int)e->type);
+  VALUE payload = rb_str_new(e->ptr, e->size);
+  VALUE v = rb_struct_new(cExtensionValue, INT2FIX(e->type), opts->freeze ? rb_obj_freeze(payload) : payload);
+  return opts->freeze ? rb_obj_freeze(v) : v;
+}
+
+static VALUE array_value(const msgpack_object_array *a, const mp_opts *opts) {
+  VALUE v = rb_ary_new_capa((long)a->size);
+  for (uint32_t i = 0; i < a->size; i++) rb_ary_push(v, to_ruby(&a->ptr[i], opts, false));
+  return opts->freeze ? rb_obj_freeze(v) : v;
+}
+
+static VALUE map_value(const msgpack_object_map *m, const mp_opts *opts) {
+  VALUE v = rb_hash_new();
+  for (uint32_t i = 0; i < m->size; i++)
+    rb_hash_aset(v, to_ruby(&m->ptr[i].key, opts, true), to_ruby(&m->ptr[i].val, opts, false));
+  return opts->freeze ? rb_obj_freeze(v) : v;
+}
+
+static VALUE to_ruby(const msgpack_object *o, const mp_opts *opts, bool is_key) {
+  switch (o->type) {
+  case MSGPACK_OBJECT_NIL: return Qnil;
+  case MSGPACK_OBJECT_BOOLEAN: return o->via.boolean ? Qtrue : Qfalse;
+  case MSGPACK_OBJECT_POSITIVE_INTEGER: return ULL2NUM(o->via.u64);
+  case MSGPACK_OBJECT_NEGATIVE_INTEGER: return LL2NUM(o->via.i64);
+  case MSGPACK_OBJECT_FLOAT32:
+  case MSGPACK_OBJECT_FLOAT64: return DBL2NUM(o->via.f64);
+  case MSGPACK_OBJECT_STR: return str_value(&o->via.str, opts, is_key);
+  case MSGPACK_OBJECT_BIN: {
+    VALUE v = rb_str_new(o->via.bin.ptr, o->via.bin.size);
+    return opts->freeze ? rb_obj_freeze(v) : v;
+  }
+  case MSGPACK_OBJECT_ARRAY: return array_value(&o->via.array, opts);
+  case MSGPACK_OBJECT_MAP: return map_value(&o->via.map, opts);
+  case MSGPACK_OBJECT_EXT: return ext_value(&o->via.ext, opts);
+  }
+  rb_raise(eMalformed, "unknown msgpack object type %d", (int)o->type);
+}
+
+/* ---- the stream decoder ------------------------------------------------------------- */
+
+typedef struct mp_stream {
+  msgpack_unpacker u;
+  bool u_ready;
+  mp_opts opts;
+  VALUE io;
+  rs_reader r;
+  bool reader_ready;
+  uint64_t done_bytes; /* bytes of the messages already yielded */
+} mp_stream;
+
+static void feed(mp_stream *m, const char *data, size_t n) {
+  if (!msgpack_unpacker_reserve_buffer(&m->u, n)) rb_raise(rb_eNoMemError, "msgpack_each: cannot grow the buffer");
+  memcpy(msgpack_unpacker_buffer(&m->u), data, n);
+  msgpack_unpacker_buffer_consumed(&m->u, n);
+}
+
+NORETURN(static void raise_malformed(uint64_t offset));
+static void raise_malformed(uint64_t offset) {
+  rb_raise(eMalformed, "malformed MessagePack data at byte offset %llu", (unsigned long long)offset);
+}
+
+/* Yields every complete message in the buffer. */
+static void drain(mp_stream *m) {
+  for (;;) {
+    int ret = msgpack_unpacker_execute(&m->u);
+    if (ret == 0) return;
+    if (ret < 0) raise_malformed(m->done_bytes + msgpack_unpacker_parsed_size(&m->u));
+    msgpack_object obj = msgpack_unpacker_data(&m->u);
+    m->done_bytes += msgpack_unpacker_parsed_size(&m->u);
+    VALUE v = to_ruby(&obj, &m->opts, false);
+    /* The zone's chunks are kept and reused for the next message. msgpack-c
+     * 4 creates the zone only once a message needs one. */
+    if (m->u.z) msgpack_unpacker_reset_zone(&m->u);
+    msgpack_unpacker_reset(&m->u);
+    rb_yield(v);
+  }
+}
+
+static VALUE stream_body(VALUE p) {
+  mp_stream *m = (mp_stream *)p;
+  for (;;) {
+    const char *data = NULL;
+    ssize_t n = rs_reader_next(&m->r, &data);
+    if (n < 0) rs_raise_errno((int)-n, "msgpack_each");
+    if (n == 0) break;
+    feed(m, data, (size_t)n);
+    drain(m);
+  }
+  if (msgpack_unpacker_message_size(&m->u) > 0)
+    rb_raise(rb_eEOFError, "end of input inside a MessagePack object (byte offset %llu)",
+             (unsigned long long)(m->done_bytes + msgpack_unpacker_parsed_size(&m->u)));
+  return m->io;
+}
+
+static VALUE stream_ensure(VALUE p) {
+  mp_stream *m = (mp_stream *)p;
+  if (m->reader_ready) rs_reader_cleanup(&m->r, m->io);
+  if (m->u_ready) msgpack_unpacker_destroy(&m->u);
+  return Qnil;
+}
+
+static mp_opts parse_opts(VALUE hash) {
+  mp_opts o = {false, false, false};
+  if (NIL_P(hash)) return o;
+  ID keys[3] = {rb_intern("symbolize_keys"), rb_intern("freeze"), rb_intern("allow_unknown_ext")};
+  VALUE vals[3];
+  rb_get_kwargs(hash, keys, 0, 3, vals);
+  o.symbolize_keys = vals[0] != Qundef && RTEST(vals[0]);
+  o.freeze = vals[1] != Qundef && RTEST(vals[1]);
+  o.allow_unknown_ext = vals[2] != Qundef && RTEST(vals[2]);
+  return o;
+}
+
+/* The Ruby method is defined in lib/ringspun/msgpack.rb (Enumerator when
+ * no block is given); this is its C body. */
+static VALUE io_msgpack_each_native(int argc, VALUE *argv, VALUE self) {
+  VALUE opts;
+  rb_scan_args(argc, argv, ":", &opts);
+  rb_need_block();
+  mp_stream m;
+  memset(&m, 0, sizeof(m));
+  m.opts = parse_opts(opts);
+  m.io = self;
+  rb_io_t *fptr;
+  GetOpenFile(self, fptr);
+  rb_io_check_readable(fptr);
+  if (!msgpack_unpacker_init(&m.u, RS_BLOCK_SIZE)) rb_raise(rb_eNoMemError, "msgpack_each: cannot allocate");
+  m.u_ready = true;
+  if (fptr->rbuf.len > 0) {
+    feed(&m, fptr->rbuf.ptr + fptr->rbuf.off, (size_t)fptr->rbuf.len);
+    fptr->rbuf.off += fptr->rbuf.len;
+    fptr->rbuf.len = 0;
+  }
+  rs_reader_init(&m.r, fptr->fd, RS_BLOCK_SIZE);
+  m.reader_ready = true;
+  return rb_ensure(stream_body, (VALUE)&m, stream_ensure, (VALUE)&m);
+}
+
+/* ---- unpack a String ------------------------------------------------------------------ */
+
+typedef struct mp_one {
+  msgpack_unpacked result;
+  VALUE str;
+  mp_opts opts;
+} mp_one;
+
+static VALUE unpack_body(VALUE p) {
+  mp_one *o = (mp_one *)p;
+  size_t off = 0;
+  const char *buf = RSTRING_PTR(o->str);
+  size_t len = (size_t)RSTRING_LEN(o->str);
+  msgpack_unpack_return ret = msgpack_unpack_next(&o->result, buf, len, &off);
+  if (ret == MSGPACK_UNPACK_CONTINUE) rb_raise(rb_eEOFError, "end of input inside a MessagePack object");
+  if (ret < 0) raise_malformed(off);
+  if (off != len) rb_raise(eMalformed, "%zu extra bytes after the deserialized object", len - off);
+  return to_ruby(&o->result.data, &o->opts, false);
+}
+
+static VALUE unpack_ensure(VALUE p) {
+  msgpack_unpacked_destroy(&((mp_one *)p)->result);
+  return Qnil;
+}
+
+static VALUE mp_unpack(int argc, VALUE *argv, VALUE self) {
+  VALUE str, opts;
+  rb_scan_args(argc, argv, "1:", &str, &opts);
+  mp_one o;
+  StringValue(str);
+  o.str = rb_str_new_frozen(str);
+  o.opts = parse_opts(opts);
+  msgpack_unpacked_init(&o.result);
+  VALUE v = rb_ensure(unpack_body, (VALUE)&o, unpack_ensure, (VALUE)&o);
+  RB_GC_GUARD(o.str);
+  return v;
+}
+
+/* ---- pack -------------------------------------------------------------------------------- */
+
+static int write_to_string(void *data, const char *buf, size_t len) {
+  rb_str_cat((VALUE)data, buf, (long)len);
+  return 0;
+}
+
+static void pack_value(msgpack_packer *pk, VALUE v, int depth);
+
+static void pack_integer(msgpack_packer *pk, VALUE v) {
+  if (FIXNUM_P(v)) {
+    msgpack_pack_int64(pk, FIX2LONG(v));
+  } else if (rb_big_sign(v)) { /* non-negative */
+    if (rb_absint_size(v, NULL) > 8) rb_raise(rb_eRangeError, "Integer too big to pack as MessagePack: %" PRIsVALUE, v);
+    msgpack_pack_uint64(pk, rb_big2ull(v));
+  } else {
+    int nlz = 0;
+    size_t sz = rb_absint_size(v, &nlz);
+    /* The smallest is -2**63: eight bytes with the top bit set, and
+     * no other bit set. */
+    if (sz > 8 || (sz == 8 && nlz == 0 && !rb_absint_singlebit_p(v)))
+      rb_raise(rb_eRangeError, "Integer too small to pack as MessagePack: %" PRIsVALUE, v);
+    msgpack_pack_int64(pk, rb_big2ll(v));
+  }
+}
+
+static void pack_string(msgpack_packer *pk, VALUE v) {
+  const char *p = RSTRING_PTR(v);
+  size_t n = (size_t)RSTRING_LEN(v);
+  if (n > 0xffffffffUL) rb_raise(rb_eRangeError, "String too long for MessagePack");
+  if (rb_enc_get_index(v) == rb_ascii8bit_encindex()) {
+    msgpack_pack_bin(pk, n);
+    msgpack_pack_bin_body(pk, p, n);
+  } else {
+    msgpack_pack_str(pk, n);
+    msgpack_pack_str_body(pk, p, n);
+  }
+}
+
+typedef struct pack_ctx {
+  msgpack_packer *pk;
+  int depth;
+} pack_ctx;
+
+static int pack_pair(VALUE key, VALUE val, VALUE p) {
+  pack_ctx *c = (pack_ctx *)p;
+  pack_value(c->pk, key, c->depth);
+  pack_value(c->pk, val, c->depth);
+  return ST_CONTINUE;
+}
+
+static void pack_value(msgpack_packer *pk, VALUE v, int depth) {
+  if (depth > RS_PACK_MAX_DEPTH) rb_raise(rb_eArgError, "MessagePack: nested too deeply (over %d levels)", RS_PACK_MAX_DEPTH);
+  switch (rb_type(v)) {
+  case T_NIL: msgpack_pack_nil(pk); return;
+  case T_TRUE: msgpack_pack_true(pk); return;
+  case T_FALSE: msgpack_pack_false(pk); return;
+  case T_FIXNUM:
+  case T_BIGNUM: pack_integer(pk, v); return;
+  case T_FLOAT: msgpack_pack_double(pk, RFLOAT_VALUE(v)); return;
+  case T_STRING: pack_string(pk, v); return;
+  case T_SYMBOL: pack_string(pk, rb_sym2str(v)); return;
+  case T_ARRAY: {
+    long n = RARRAY_LEN(v);
+    msgpack_pack_array(pk, (size_t)n);
+    for (long i = 0; i < RARRAY_LEN(v) && i < n; i++) pack_value(pk, RARRAY_AREF(v, i), depth + 1);
+    return;
+  }
+  case T_HASH: {
+    msgpack_pack_map(pk, (size_t)RHASH_SIZE(v));
+    pack_ctx c = {pk, depth + 1};
+    rb_hash_foreach(v, pack_pair, (VALUE)&c);
+    return;
+  }
+  default:
+    if (rb_obj_is_kind_of(v, cExtensionValue)) {
+      VALUE payload = RSTRUCT_GET(v, 1);
+      StringValue(payload);
+      int type = NUM2INT(RSTRUCT_GET(v, 0));
+      if (type < -128 || type > 127) rb_raise(rb_eRangeError, "extension type must be -128..127");
+      msgpack_pack_ext(pk, (size_t)RSTRING_LEN(payload), (int8_t)type);
+      msgpack_pack_ext_body(pk, RSTRING_PTR(payload), (size_t)RSTRING_LEN(payload));
+      return;
+    }
+    rb_raise(rb_eTypeError, "can't pack %" PRIsVALUE " as MessagePack", rb_obj_class(v));
+  }
+}
+
+/* Packs each argument in turn into one binary String. */
+static VALUE mp_pack_all(VALUE self, VALUE objs) {
+  Check_Type(objs, T_ARRAY);
+  VALUE out = rb_str_buf_new(64);
+  msgpack_packer pk;
+  msgpack_packer_init(&pk, (void *)out, write_to_string);
+  for (long i = 0; i < RARRAY_LEN(objs); i++) pack_value(&pk, RARRAY_AREF(objs, i), 0);
+  return out;
+}
+
+static VALUE mp_pack(VALUE self, VALUE obj) { return mp_pack_all(self, rb_ary_new_from_args(1, obj)); }
+
+void rs_init_msgpack(VALUE mRingspun) {
+  mMessagePack = rb_define_module_under(mRingspun, "MessagePack");
+  VALUE eUnpack = rb_define_class_under(mMessagePack, "UnpackError", rb_eStandardError);
+  eMalformed = rb_define_class_under(mMessagePack, "MalformedFormatError", eUnpack);
+  eUnknownExt = rb_define_class_under(mMessagePack, "UnknownExtTypeError", eUnpack);
+  cExtensionValue = rb_struct_define_under(mMessagePack, "ExtensionValue", "type", "payload", NULL);
+  id_type = rb_intern("type");
+  id_payload = rb_intern("payload");
+  rb_define_module_function(mMessagePack, "pack", mp_pack, 1);
+  rb_define_module_function(mMessagePack, "pack_all", mp_pack_all, 1);
+  rb_define_module_function(mMessagePack, "unpack", mp_unpack, -1);
+  rb_define_private_method(rb_cIO, "__msgpack_each", io_msgpack_each_native, -1);
+}
