@@ -11,6 +11,7 @@
 #include <ruby/io.h>
 #include <ruby/thread.h>
 #include <unistd.h>
+#include <sys/socket.h>
 
 static ID id_for_fd, id_autoclose, id_to_io, id_read_io, id_write_io;
 
@@ -96,8 +97,24 @@ static VALUE pipe_class(void) {
   return cPipe;
 }
 
+/* A Delegator (Tempfile is one) forwards every call unchanged to the IO it
+ * holds, so its fd carries the same bytes; other wrappers (an SSLSocket)
+ * transform what passes through them and are never unwrapped. */
+static VALUE delegated_io(VALUE obj) {
+  static VALUE cDelegator = Qundef;
+  if (cDelegator == Qundef) {
+    cDelegator = rb_const_defined(rb_cObject, rb_intern("Delegator")) ? rb_const_get(rb_cObject, rb_intern("Delegator")) : Qnil;
+    if (!NIL_P(cDelegator)) rb_gc_register_mark_object(cDelegator);
+  }
+  if (NIL_P(cDelegator) || !rb_obj_is_kind_of(obj, cDelegator)) return Qnil;
+  VALUE target = rb_funcall(obj, rb_intern("__getobj__"), 0);
+  return RB_TYPE_P(target, T_FILE) ? target : Qnil;
+}
+
 int rs_io_end_fd(VALUE obj, int side) {
   if (RB_INTEGER_TYPE_P(obj) || RB_TYPE_P(obj, T_FILE)) return rs_io_fd(obj);
+  VALUE inner = delegated_io(obj);
+  if (!NIL_P(inner)) return rs_io_fd(inner);
   VALUE cPipe = pipe_class();
   if (!NIL_P(cPipe) && rb_obj_is_kind_of(obj, cPipe))
     return rs_io_fd(rb_funcall(obj, side == RS_SIDE_READ ? id_read_io : id_write_io, 0));
@@ -153,6 +170,23 @@ ssize_t rs_io_write_keep(int fd, const void *buf, size_t len, VALUE keep) {
   rs_sched *s = native_sched();
   void *p = (void *)buf; /* the kernel only reads it */
   return s ? native_rw(s, RS_OP_WRITE, fd, p, len, keep) : ready_rw(RS_OP_WRITE, fd, p, len);
+}
+
+void rs_write_all_direct(int fd, const void *buf, size_t len, bool more, const char *call) {
+  const char *p = buf;
+  while (len > 0) {
+    ssize_t n = send(fd, p, len, MSG_DONTWAIT | MSG_NOSIGNAL | (more ? MSG_MORE : 0));
+    if (n < 0 && errno == ENOTSOCK) n = write(fd, p, len);
+    if (n >= 0) {
+      p += n;
+      len -= (size_t)n;
+      continue;
+    }
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) rs_raise_side(call, errno, "dest");
+    int w = rs_io_wait_fd(fd, POLLOUT, -1);
+    if (w < 0) rs_raise_side(call, -w, "dest");
+  }
 }
 
 rs_buf_pool *rs_current_pool(void) {

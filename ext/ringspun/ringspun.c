@@ -11,4 +11,5 @@ RS_EXPORT void Init_ringspun(void) {
   rs_init_zstream(mRingspun);
   rs_init_loops(mRingspun);
   rs_init_msgpack(mRingspun);
+  rs_init_http1(mRingspun);
 }

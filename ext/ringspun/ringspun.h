@@ -238,6 +238,27 @@ void rs_pending_cleanup(rs_pending *p);
 /* The pool for the current fiber: its scheduler's, or the thread's. */
 rs_buf_pool *rs_current_pool(void);
 
+/* ---- splice helpers (splice.c) ------------------------------------------ */
+
+typedef struct rs_end {
+  int fd;
+  bool is_pipe;
+} rs_end;
+
+/* A primitive's src (RS_SIDE_READ) or dest, checked: open, the right
+ * access mode; raises Errno naming `call` and the side otherwise. */
+rs_end rs_end_of(VALUE obj, int side, const char *call);
+/* A private pipe, O_CLOEXEC|O_NONBLOCK, sized toward `want`. */
+int rs_pipe_open(int fds[2], size_t want, size_t *cap);
+/* splice(2) that waits for readiness; returns bytes (0: end of input). */
+long rs_splice_some(int in, int out, size_t len, const char *call);
+/* Splices exactly len bytes (the caller knows they are there). */
+void rs_splice_exactly(int in, int out, size_t len, const char *call);
+NORETURN(void rs_raise_side(const char *call, int err, const char *side));
+/* Writes all of buf with write(2)/send(2), waiting for readiness as needed;
+ * `more` hints that more data follows (MSG_MORE on sockets). */
+void rs_write_all_direct(int fd, const void *buf, size_t len, bool more, const char *call);
+
 /* ---- chunk reader with read-ahead (reader.c) ------------------------------ */
 
 typedef struct rs_reader {
@@ -270,5 +291,6 @@ void rs_init_zstream(VALUE mRingspun);
 void rs_init_reader(VALUE mRingspun);
 void rs_init_loops(VALUE mRingspun);
 void rs_init_msgpack(VALUE mRingspun);
+void rs_init_http1(VALUE mRingspun);
 
 #endif

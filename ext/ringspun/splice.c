@@ -19,11 +19,6 @@
 
 #define RS_SPLICE_MAX_CHUNK (1U << 30)
 
-typedef struct rs_end {
-  int fd;
-  bool is_pipe;
-} rs_end;
-
 /* ---- one step ------------------------------------------------------------------ */
 
 /* One splice or tee with SPLICE_F_NONBLOCK; returns bytes, 0 or -errno
@@ -71,23 +66,37 @@ static const char *side_of(int err) {
   }
 }
 
-NORETURN(static void raise_side(const char *call, int err, const char *side));
-static void raise_side(const char *call, int err, const char *side) {
+void rs_raise_side(const char *call, int err, const char *side) {
   char where[64];
   snprintf(where, sizeof(where), "%s: %s", call, side);
   rs_raise_errno(err, where);
 }
 
 /* One splice/tee that waits until it moves something or reaches the end. */
-static long move_once(int kind, int in, int out, size_t len) {
-  const char *call = kind == RS_OP_TEE ? "tee" : "splice";
+static long move_once_named(int kind, int in, int out, size_t len, const char *call) {
   for (;;) {
     long n = splice_step(kind, in, out, len);
     if (n >= 0) return n;
-    if (n != -EAGAIN) raise_side(call, (int)-n, side_of((int)-n));
+    if (n != -EAGAIN) rs_raise_side(call, (int)-n, side_of((int)-n));
     const char *side = "src";
     int w = wait_blocked_side(in, out, &side);
-    if (w < 0) raise_side(call, -w, side);
+    if (w < 0) rs_raise_side(call, -w, side);
+  }
+}
+
+static long move_once(int kind, int in, int out, size_t len) {
+  return move_once_named(kind, in, out, len, kind == RS_OP_TEE ? "tee" : "splice");
+}
+
+long rs_splice_some(int in, int out, size_t len, const char *call) {
+  return move_once_named(RS_OP_SPLICE, in, out, len, call);
+}
+
+void rs_splice_exactly(int in, int out, size_t len, const char *call) {
+  while (len > 0) {
+    long n = move_once_named(RS_OP_SPLICE, in, out, len, call);
+    if (n == 0) rs_raise_side(call, EPIPE, "dest");
+    len -= (size_t)n;
   }
 }
 
@@ -95,17 +104,17 @@ static long move_once(int kind, int in, int out, size_t len) {
 
 static void check_access(int fd, bool want_write, const char *call, const char *side) {
   int fl = fcntl(fd, F_GETFL);
-  if (fl < 0) raise_side(call, errno, side);
+  if (fl < 0) rs_raise_side(call, errno, side);
   int mode = fl & O_ACCMODE;
   bool ok = want_write ? (mode == O_WRONLY || mode == O_RDWR) : (mode == O_RDONLY || mode == O_RDWR);
-  if (!ok) raise_side(call, EBADF, side);
+  if (!ok) rs_raise_side(call, EBADF, side);
 }
 
-static rs_end end_of(VALUE obj, int side, const char *call) {
+rs_end rs_end_of(VALUE obj, int side, const char *call) {
   rs_end e;
   e.fd = rs_io_end_fd(obj, side);
   struct stat st;
-  if (fstat(e.fd, &st) < 0) raise_side(call, errno, side == RS_SIDE_READ ? "src" : "dest");
+  if (fstat(e.fd, &st) < 0) rs_raise_side(call, errno, side == RS_SIDE_READ ? "src" : "dest");
   e.is_pipe = S_ISFIFO(st.st_mode);
   check_access(e.fd, side == RS_SIDE_WRITE, call, side == RS_SIDE_READ ? "src" : "dest");
   return e;
@@ -121,7 +130,7 @@ static long check_len(VALUE maxlen) {
 
 static VALUE io_s_splice(VALUE klass, VALUE src, VALUE dest, VALUE maxlen) {
   long len = check_len(maxlen);
-  rs_end in = end_of(src, RS_SIDE_READ, "splice"), out = end_of(dest, RS_SIDE_WRITE, "splice");
+  rs_end in = rs_end_of(src, RS_SIDE_READ, "splice"), out = rs_end_of(dest, RS_SIDE_WRITE, "splice");
   if (!in.is_pipe && !out.is_pipe) rs_raise_errno(EINVAL, "splice: neither src nor dest is a pipe");
   if (len > 0) return LONG2NUM(move_once(RS_OP_SPLICE, in.fd, out.fd, (size_t)len));
   size_t chunk = len == LONG_MIN ? RS_SPLICE_MAX_CHUNK : (size_t)-len;
@@ -136,7 +145,7 @@ static VALUE io_s_splice(VALUE klass, VALUE src, VALUE dest, VALUE maxlen) {
 static VALUE io_s_tee(VALUE klass, VALUE src, VALUE dest, VALUE maxlen) {
   long len = check_len(maxlen);
   if (len < 0) rb_raise(rb_eArgError, "maxlen must be positive for tee");
-  rs_end in = end_of(src, RS_SIDE_READ, "tee"), out = end_of(dest, RS_SIDE_WRITE, "tee");
+  rs_end in = rs_end_of(src, RS_SIDE_READ, "tee"), out = rs_end_of(dest, RS_SIDE_WRITE, "tee");
   if (!in.is_pipe) rs_raise_errno(EINVAL, "tee: src is not a pipe");
   if (!out.is_pipe) rs_raise_errno(EINVAL, "tee: dest is not a pipe");
   return LONG2NUM(move_once(RS_OP_TEE, in.fd, out.fd, (size_t)len));
@@ -154,16 +163,22 @@ typedef struct dsplice {
   bool eof;
 } dsplice;
 
-static int open_pipe(dsplice *d) {
-  int fds[2];
+int rs_pipe_open(int fds[2], size_t want, size_t *cap) {
   if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) return -errno;
-  d->pipe_r = fds[0];
-  d->pipe_w = fds[1];
   /* A bigger pipe means fewer, larger splices; the limit for unprivileged
    * users (/proc/sys/fs/pipe-max-size) may refuse it, which is harmless. */
-  if (d->chunk > 65536) fcntl(d->pipe_w, F_SETPIPE_SZ, (int)(d->chunk > 1048576 ? 1048576 : d->chunk));
-  int sz = fcntl(d->pipe_w, F_GETPIPE_SZ);
-  d->cap = sz > 0 ? (size_t)sz : 65536;
+  if (want > 65536) fcntl(fds[1], F_SETPIPE_SZ, (int)(want > 1048576 ? 1048576 : want));
+  int sz = fcntl(fds[1], F_GETPIPE_SZ);
+  if (cap) *cap = sz > 0 ? (size_t)sz : 65536;
+  return 0;
+}
+
+static int open_pipe(dsplice *d) {
+  int fds[2];
+  int ret = rs_pipe_open(fds, d->chunk, &d->cap);
+  if (ret < 0) return ret;
+  d->pipe_r = fds[0];
+  d->pipe_w = fds[1];
   return 0;
 }
 
@@ -202,22 +217,22 @@ static VALUE dsplice_run(VALUE p) {
       long n = splice_step(RS_OP_SPLICE, d->src, d->pipe_w, fill_len(d));
       if (n >= 0) account_fill(d, n), progress = true;
       else if (n == -EAGAIN) src_blocked = true;
-      else raise_side("double_splice", (int)-n, "src");
+      else rs_raise_side("double_splice", (int)-n, "src");
     }
     if (d->in_pipe > 0) {
       long n = splice_step(RS_OP_SPLICE, d->pipe_r, d->dst, (size_t)d->in_pipe);
       if (n > 0) account_drain(d, n), progress = true;
       else if (n == -EAGAIN || n == 0) dst_blocked = true;
-      else raise_side("double_splice", (int)-n, "dest");
+      else rs_raise_side("double_splice", (int)-n, "dest");
     }
     if (progress) continue;
     int w;
     if (d->in_pipe > 0 && (dst_blocked || !src_blocked)) {
       w = rs_io_wait_fd(d->dst, POLLOUT, -1);
-      if (w < 0) raise_side("double_splice", -w, "dest");
+      if (w < 0) rs_raise_side("double_splice", -w, "dest");
     } else {
       w = rs_io_wait_fd(d->src, POLLIN, -1);
-      if (w < 0) raise_side("double_splice", -w, "src");
+      if (w < 0) rs_raise_side("double_splice", -w, "src");
     }
   }
   return Qnil;
@@ -237,7 +252,7 @@ static VALUE io_s_double_splice(int argc, VALUE *argv, VALUE klass) {
       chunk = (size_t)c > RS_SPLICE_MAX_CHUNK ? RS_SPLICE_MAX_CHUNK : (size_t)c;
     }
   }
-  rs_end in = end_of(src, RS_SIDE_READ, "double_splice"), out = end_of(dest, RS_SIDE_WRITE, "double_splice");
+  rs_end in = rs_end_of(src, RS_SIDE_READ, "double_splice"), out = rs_end_of(dest, RS_SIDE_WRITE, "double_splice");
   dsplice d = {.src = in.fd, .dst = out.fd, .pipe_r = -1, .pipe_w = -1, .chunk = chunk};
   int ret = open_pipe(&d);
   if (ret < 0) rs_raise_errno(-ret, "double_splice: pipe2");
