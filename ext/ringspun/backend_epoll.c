@@ -255,4 +255,7 @@ const rs_backend_ops rs_backend_epoll_ops = {
     .wait = epoll_wait_backend,
     .flush = NULL,
     .wakeup = epoll_wakeup,
+    .bufring_setup = NULL,
+    .bufring_buf = NULL,
+    .bufring_recycle = NULL,
 };

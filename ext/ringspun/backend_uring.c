@@ -22,10 +22,18 @@
 #define UD_WAKE 3ULL   /* the poll on our eventfd */
 #define UD_TAG_MASK 7ULL
 
+/* The buffer ring shared by every multishot receive on this ring:
+ * bounded, so a slow consumer makes the kernel stop (ENOBUFS), not queue. */
+#define RS_BGID 7
+#define RS_BR_ENTRIES 128
+#define RS_BR_BUF_SIZE 32768
+
 typedef struct uring_state {
   struct io_uring ring;
   bool wake_armed;
-  uint64_t wake_buf;
+  struct io_uring_buf_ring *br;
+  char *br_bufs;
+  int br_error; /* setup refused: -errno */
 } uring_state;
 
 static uring_state *U(rs_backend *b) { return (uring_state *)b->impl; }
@@ -104,6 +112,8 @@ static void uring_destroy(rs_backend *b) {
   uring_state *u = U(b);
   if (!u) return;
   io_uring_queue_exit(&u->ring);
+  free(u->br);
+  free(u->br_bufs);
   if (b->wake_fd >= 0) close(b->wake_fd);
   b->wake_fd = -1;
   free(u);
@@ -134,6 +144,11 @@ static int prep_native(struct io_uring_sqe *sqe, rs_op *op) {
     return 0;
   case RS_OP_TEE:
     io_uring_prep_tee(sqe, op->fd, op->fd_out, (unsigned)op->len, op->op_flags);
+    return 0;
+  case RS_OP_RECV_MULTI:
+    io_uring_prep_recv_multishot(sqe, op->fd, NULL, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = RS_BGID;
     return 0;
   default:
     return -EINVAL;
@@ -207,6 +222,10 @@ static void dispatch(rs_backend *b, struct io_uring_cqe *cqe) {
     return;
   }
   int res = cqe->res;
+  if (op->kind == RS_OP_RECV_MULTI) {
+    rs_op_multishot(op, res, cqe->flags);
+    return;
+  }
   /* A poll ended by its linked timeout reports -ECANCELED; say timeout. */
   if (res == -ECANCELED && op->kind == RS_OP_POLL && op->timeout_ns >= 0 && !op->cancelling) res = -ETIME;
   rs_op_complete(op, res, cqe->flags);
@@ -261,6 +280,46 @@ static int uring_wait(rs_backend *b, int64_t timeout_ns) {
 
 static void uring_flush(rs_backend *b) { io_uring_submit(&U(b)->ring); }
 
+static int uring_bufring_setup(rs_backend *b) {
+  uring_state *u = U(b);
+  if (u->br) return 0;
+  if (u->br_error) return u->br_error;
+  void *ring = NULL, *bufs = NULL;
+  if (posix_memalign(&ring, 4096, RS_BR_ENTRIES * sizeof(struct io_uring_buf)) ||
+      posix_memalign(&bufs, 4096, (size_t)RS_BR_ENTRIES * RS_BR_BUF_SIZE)) {
+    free(ring);
+    return -ENOMEM;
+  }
+  memset(ring, 0, RS_BR_ENTRIES * sizeof(struct io_uring_buf));
+  struct io_uring_buf_reg reg = {.ring_addr = (uint64_t)(uintptr_t)ring, .ring_entries = RS_BR_ENTRIES, .bgid = RS_BGID};
+  /* Provided buffer rings arrived in 5.19, multishot receive in 6.0. */
+  int ret = io_uring_register_buf_ring(&u->ring, &reg, 0);
+  if (ret < 0) {
+    free(ring);
+    free(bufs);
+    u->br_error = ret;
+    return ret;
+  }
+  u->br = ring;
+  u->br_bufs = bufs;
+  b->probe_flags |= RS_FEAT_BUF_RING;
+  io_uring_buf_ring_init(u->br);
+  int mask = io_uring_buf_ring_mask(RS_BR_ENTRIES);
+  for (unsigned i = 0; i < RS_BR_ENTRIES; i++)
+    io_uring_buf_ring_add(u->br, u->br_bufs + (size_t)i * RS_BR_BUF_SIZE, RS_BR_BUF_SIZE, (unsigned short)i, mask, (int)i);
+  io_uring_buf_ring_advance(u->br, RS_BR_ENTRIES);
+  return 0;
+}
+
+static char *uring_bufring_buf(rs_backend *b, unsigned bid) { return U(b)->br_bufs + (size_t)bid * RS_BR_BUF_SIZE; }
+
+static void uring_bufring_recycle(rs_backend *b, unsigned bid) {
+  uring_state *u = U(b);
+  io_uring_buf_ring_add(u->br, uring_bufring_buf(b, bid), RS_BR_BUF_SIZE, (unsigned short)bid,
+                        io_uring_buf_ring_mask(RS_BR_ENTRIES), 0);
+  io_uring_buf_ring_advance(u->br, 1);
+}
+
 static void uring_wakeup(rs_backend *b) {
   uint64_t one = 1;
   if (b->wake_fd >= 0) {
@@ -279,4 +338,7 @@ const rs_backend_ops rs_backend_uring_ops = {
     .wait = uring_wait,
     .flush = uring_flush,
     .wakeup = uring_wakeup,
+    .bufring_setup = uring_bufring_setup,
+    .bufring_buf = uring_bufring_buf,
+    .bufring_recycle = uring_bufring_recycle,
 };

@@ -18,6 +18,7 @@ typedef struct loop_args {
   ID method;
   VALUE block;
   const char *name;
+  bool multishot; /* recv_loop and feed_loop on sockets */
 } loop_args;
 
 static void deliver(loop_args *a, VALUE chunk) {
@@ -60,6 +61,7 @@ static VALUE run_loop(loop_args *a, long maxlen) {
   deliver_buffered(a, fptr);
   rs_reader_init(&a->r, fptr->fd, (size_t)maxlen);
   a->reader_ready = true;
+  if (a->multishot) rs_reader_allow_multishot(&a->r);
   rb_ensure(loop_body, (VALUE)a, loop_ensure, (VALUE)a);
   return a->io;
 }
@@ -74,7 +76,7 @@ static VALUE io_read_loop(int argc, VALUE *argv, VALUE self) {
 static VALUE sock_recv_loop(int argc, VALUE *argv, VALUE self) {
   rb_check_arity(argc, 0, 1);
   rb_need_block();
-  loop_args a = {.io = self, .receiver = Qnil, .block = Qnil, .name = "recv_loop"};
+  loop_args a = {.io = self, .receiver = Qnil, .block = Qnil, .name = "recv_loop", .multishot = true};
   return run_loop(&a, argc ? NUM2LONG(argv[0]) : 65536);
 }
 
@@ -88,7 +90,7 @@ static VALUE io_feed_loop(int argc, VALUE *argv, VALUE self) {
     rb_get_kwargs(opts, keys, 0, 1, vals);
     if (vals[0] != Qundef) maxlen = NUM2LONG(vals[0]);
   }
-  loop_args a = {.io = self, .receiver = receiver, .name = "feed_loop"};
+  loop_args a = {.io = self, .receiver = receiver, .name = "feed_loop", .multishot = true};
   a.method = NIL_P(method) ? id_call : rb_to_id(method);
   a.block = rb_block_given_p() ? rb_block_proc() : Qnil;
   VALUE r = run_loop(&a, maxlen);

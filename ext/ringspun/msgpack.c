@@ -168,6 +168,7 @@ static VALUE io_msgpack_each_native(int argc, VALUE *argv, VALUE self) {
   }
   rs_reader_init(&m.r, fptr->fd, RS_BLOCK_SIZE);
   m.reader_ready = true;
+  rs_reader_allow_multishot(&m.r);
   return rb_ensure(stream_body, (VALUE)&m, stream_ensure, (VALUE)&m);
 }
 

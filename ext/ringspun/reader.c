@@ -6,6 +6,8 @@
 #include <errno.h>
 #include <ruby/io.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <liburing/io_uring.h>
 
 static ID id_ungetbyte;
 
@@ -29,8 +31,116 @@ void rs_reader_init(rs_reader *r, int fd, size_t chunk) {
   }
 }
 
+/* ---- multishot receive -------------------------------------------------------- */
+
+void rs_reader_allow_multishot(rs_reader *r) {
+  rs_sched *s = rs_sched_current();
+  if (!s || !s->backend.ops->bufring_setup) return;
+  struct stat st;
+  if (fstat(r->fd, &st) < 0 || !S_ISSOCK(st.st_mode)) return;
+  if (s->backend.ops->bufring_setup(&s->backend) < 0) return;
+  r->ms = s;
+  r->ms_bid = -1;
+}
+
+static void recycle_current(rs_reader *r) {
+  if (r->ms_bid >= 0) r->ms->backend.ops->bufring_recycle(&r->ms->backend, (unsigned)r->ms_bid);
+  r->ms_bid = -1;
+  r->ms_len = 0;
+}
+
+static void arm(rs_reader *r) {
+  rs_op *op = rs_op_new(r->ms, RS_OP_RECV_MULTI);
+  op->fd = r->fd;
+  op->block = rs_buf_get(r->pool);
+  if (!op->block) {
+    rs_op_release(r->ms, op);
+    rb_raise(rb_eNoMemError, "ringspun: cannot allocate a buffer");
+  }
+  op->block_pool = r->pool;
+  memset(op->block, 0, sizeof(rs_msq));
+  if (rs_op_start(r->ms, op) < 0) rb_raise(rb_eIOError, "ringspun: cannot submit a multishot receive");
+  r->ms_op = op;
+}
+
+static void disarm(rs_reader *r) {
+  if (!r->ms_op) return;
+  rs_op *op = r->ms_op;
+  r->ms_op = NULL;
+  rs_op_release(r->ms, op);
+}
+
+/* The next completion of the multishot op, re-arming it when the kernel
+ * ended it (ENOBUFS, or a completion without IORING_CQE_F_MORE). */
+static void next_completion(rs_reader *r, int *res, uint32_t *flags) {
+  for (;;) {
+    if (!r->ms_op) arm(r);
+    rs_msq *q = r->ms_op->block;
+    if (q->len > 0) {
+      *res = q->res[q->head];
+      *flags = q->flags[q->head];
+      q->head = (q->head + 1) % RS_MSQ_CAP;
+      q->len--;
+      if (!(*flags & IORING_CQE_F_MORE)) disarm(r);
+      if (*res == -ENOBUFS) continue;
+      return;
+    }
+    rs_op_park_news(r->ms, r->ms_op);
+  }
+}
+
+static ssize_t next_multishot(rs_reader *r, const char **data) {
+  if (r->ms_len == 0) {
+    recycle_current(r);
+    int res;
+    uint32_t flags;
+    next_completion(r, &res, &flags);
+    if (res <= 0) {
+      if (flags & IORING_CQE_F_BUFFER) r->ms->backend.ops->bufring_recycle(&r->ms->backend, flags >> IORING_CQE_BUFFER_SHIFT);
+      return res;
+    }
+    r->ms_bid = (int)(flags >> IORING_CQE_BUFFER_SHIFT);
+    r->ms_cur = r->ms->backend.ops->bufring_buf(&r->ms->backend, (unsigned)r->ms_bid);
+    r->ms_len = (size_t)res;
+  }
+  size_t n = r->ms_len < r->chunk ? r->ms_len : r->chunk;
+  *data = r->ms_cur;
+  r->ms_cur += n;
+  r->ms_len -= n;
+  return (ssize_t)n;
+}
+
+/* Stops the multishot op and gathers every byte it took, in order. */
+static VALUE take_back_multishot(rs_reader *r) {
+  VALUE back = rb_str_new(r->ms_cur, (long)r->ms_len);
+  recycle_current(r);
+  if (!r->ms_op) return back;
+  rs_op *op = r->ms_op;
+  rs_op_cancel(r->ms, op);
+  rs_msq *q = op->block;
+  for (;;) {
+    for (; q->len > 0; q->len--, q->head = (q->head + 1) % RS_MSQ_CAP) {
+      uint32_t f = q->flags[q->head];
+      if (q->res[q->head] > 0 && (f & IORING_CQE_F_BUFFER))
+        rb_str_cat(back, r->ms->backend.ops->bufring_buf(&r->ms->backend, f >> IORING_CQE_BUFFER_SHIFT), q->res[q->head]);
+      if (f & IORING_CQE_F_BUFFER) r->ms->backend.ops->bufring_recycle(&r->ms->backend, f >> IORING_CQE_BUFFER_SHIFT);
+    }
+    if (!op->kernel_refs) break;
+    rs_op_park_news(r->ms, op);
+  }
+  disarm(r);
+  return back;
+}
+
+/* ---- plain reads ---------------------------------------------------------------- */
+
 ssize_t rs_reader_next(rs_reader *r, const char **data) {
   if (r->eof) return 0;
+  if (r->ms) {
+    ssize_t n = next_multishot(r, data);
+    if (n == 0) r->eof = true;
+    return n;
+  }
   if (!r->pend.active) start(r);
   ssize_t n = rs_pending_finish(&r->pend);
   if (n <= 0) {
@@ -45,7 +155,17 @@ ssize_t rs_reader_next(rs_reader *r, const char **data) {
 
 static VALUE finish_value(VALUE p) { return LONG2NUM(rs_pending_finish((rs_pending *)p)); }
 
+static VALUE take_back_value(VALUE p) { return take_back_multishot((rs_reader *)p); }
+
 void rs_reader_cleanup(rs_reader *r, VALUE io) {
+  if (r->ms) {
+    int state = 0;
+    VALUE back = rb_protect(take_back_value, (VALUE)r, &state);
+    if (state) rb_set_errinfo(Qnil);
+    disarm(r);
+    recycle_current(r);
+    if (!state && !NIL_P(io) && RSTRING_LEN(back) > 0) rb_funcall(io, id_ungetbyte, 1, back);
+  }
   /* A read-ahead that already took bytes from the fd must not lose them:
    * wait for it (cancelled if still waiting), and give its bytes back to
    * the IO's read buffer so the next IO#read sees them. */

@@ -50,6 +50,7 @@ enum rs_op_kind {
   RS_OP_SEND,
   RS_OP_SPLICE,
   RS_OP_TEE,
+  RS_OP_RECV_MULTI, /* multishot receive into the backend's buffer ring */
 };
 
 /* What a completion does with its op. */
@@ -123,7 +124,27 @@ typedef struct rs_backend_ops {
   int (*wait)(rs_backend *b, int64_t timeout_ns);
   void (*flush)(rs_backend *b);              /* push queued SQEs now */
   void (*wakeup)(rs_backend *b);             /* any thread, async-signal-safe */
+  /* Provided buffers for multishot receive; NULL where unsupported. Set up
+   * lazily (-errno when the kernel refuses); a buffer id from a completion
+   * names its memory until it is recycled. */
+  int (*bufring_setup)(rs_backend *b);
+  char *(*bufring_buf)(rs_backend *b, unsigned bid);
+  void (*bufring_recycle)(rs_backend *b, unsigned bid);
 } rs_backend_ops;
+
+/* Completions of a multishot op waiting for its fiber. It lives in a pool
+ * block owned by the op, so a completion arriving after the fiber is gone
+ * still has somewhere to go; the op's release recycles their buffers. */
+#define RS_MSQ_CAP 512
+typedef struct rs_msq {
+  int res[RS_MSQ_CAP];
+  uint32_t flags[RS_MSQ_CAP];
+  unsigned head, len;
+} rs_msq;
+
+void rs_op_multishot(rs_op *op, int result, uint32_t cqe_flags);
+/* Parks until op has news (op->done), then clears it. */
+void rs_op_park_news(rs_sched *s, rs_op *op);
 
 struct rs_backend {
   const rs_backend_ops *ops;
@@ -269,9 +290,18 @@ typedef struct rs_reader {
   int cur;
   rs_pending pend;
   bool eof;
+  /* multishot receive (sockets under io_uring, when the kernel has it) */
+  rs_sched *ms;
+  rs_op *ms_op;
+  const char *ms_cur;  /* unconsumed part of the current provided buffer */
+  size_t ms_len;
+  int ms_bid;          /* its buffer id, -1 when none */
 } rs_reader;
 
 void rs_reader_init(rs_reader *r, int fd, size_t chunk);
+/* Lets the reader use multishot receive when fd is a socket and the
+ * scheduler's backend supports it. */
+void rs_reader_allow_multishot(rs_reader *r);
 /* The next chunk: bytes (0 at end of input) or -errno; *data points into
  * a block that stays valid until the call after next. */
 ssize_t rs_reader_next(rs_reader *r, const char **data);

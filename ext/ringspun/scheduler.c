@@ -16,6 +16,7 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <liburing/io_uring.h>
 
 static VALUE cScheduler, cFiber;
 static ID id_new, id_blocking, id_report, id_wait, id_io_uring, id_epoll, id_auto;
@@ -145,9 +146,12 @@ rs_op *rs_op_new(rs_sched *s, int kind) {
   return op;
 }
 
+static void msq_recycle_all(rs_sched *s, rs_msq *q);
+
 static void op_maybe_free(rs_sched *s, rs_op *op) {
   if (op->waiting || op->kernel_refs || op->in_backend || op->queued) return;
   /* The kernel is done with the block: now it may be reused. */
+  if (op->kind == RS_OP_RECV_MULTI && op->block) msq_recycle_all(s, op->block);
   if (op->block) rs_buf_put(op->block_pool, op->block);
   op->block = NULL;
   rs_op_pool_put(&s->pool, op);
@@ -172,6 +176,38 @@ void rs_op_complete(rs_op *op, int result, uint32_t cqe_flags) {
   if (!op->done) op->cqe_flags = cqe_flags;
   op_finish(s, op, result);
   rs_op_kernel_done(op);
+}
+
+static int park(rs_sched *s, VALUE target);
+
+static void msq_recycle_all(rs_sched *s, rs_msq *q) {
+  for (; q->len > 0; q->len--, q->head = (q->head + 1) % RS_MSQ_CAP)
+    if (q->flags[q->head] & IORING_CQE_F_BUFFER)
+      s->backend.ops->bufring_recycle(&s->backend, q->flags[q->head] >> IORING_CQE_BUFFER_SHIFT);
+}
+
+void rs_op_multishot(rs_op *op, int result, uint32_t cqe_flags) {
+  rs_sched *s = op->sched;
+  rs_msq *q = op->block;
+  if (op->waiting && q && q->len < RS_MSQ_CAP) {
+    unsigned at = (q->head + q->len++) % RS_MSQ_CAP;
+    q->res[at] = result;
+    q->flags[at] = cqe_flags;
+    op->done = 1;
+    rs_sched_ready_push(s, op);
+  } else if (cqe_flags & IORING_CQE_F_BUFFER) {
+    s->backend.ops->bufring_recycle(&s->backend, cqe_flags >> IORING_CQE_BUFFER_SHIFT);
+  }
+  if (!(cqe_flags & IORING_CQE_F_MORE)) rs_op_kernel_done(op);
+}
+
+void rs_op_park_news(rs_sched *s, rs_op *op) {
+  while (!op->done) {
+    int state = park(s, s->loop_fiber);
+    if (state) rb_jump_tag(state); /* the caller's ensure releases op */
+  }
+  op->done = 0;
+  ready_unlink(s, op);
 }
 
 void rs_op_kernel_done(rs_op *op) {
@@ -721,6 +757,7 @@ static VALUE sched_features(VALUE self) {
   if (f & RS_FEAT_TEE) rb_ary_push(a, ID2SYM(rb_intern("tee")));
   if (f & RS_FEAT_IOWQ_MAX_WORKERS) rb_ary_push(a, ID2SYM(rb_intern("iowq_max_workers")));
   if (f & RS_FEAT_SUBMIT_WAIT_TIMEOUT) rb_ary_push(a, ID2SYM(rb_intern("ext_arg")));
+  if (f & RS_FEAT_BUF_RING) rb_ary_push(a, ID2SYM(rb_intern("buf_ring")));
   return a;
 }
 
