@@ -68,14 +68,20 @@ static int wait_blocking(int fd, short events, int64_t timeout_ns) {
   }
 }
 
+/* Another scheduler's io_wait, on an IO made for the fd. "Forever" is asked
+ * as an hour at a time: Async 2.24 on Ruby 3.1 calls IO#timeout (a Ruby 3.2
+ * method) whenever io_wait gets no timeout. */
 static int wait_foreign(VALUE scheduler, int fd, short events, int64_t timeout_ns) {
   VALUE kw = rb_hash_new();
   rb_hash_aset(kw, ID2SYM(id_autoclose), Qfalse);
   VALUE args[2] = {INT2NUM(fd), kw};
   VALUE io = rb_funcallv_kw(rb_cIO, id_for_fd, 2, args, RB_PASS_KEYWORDS);
-  VALUE timeout = timeout_ns < 0 ? Qnil : DBL2NUM((double)timeout_ns / 1e9);
-  VALUE r = rb_fiber_scheduler_io_wait(scheduler, io, INT2NUM(events), timeout);
-  return RTEST(r) ? NUM2INT(r) : 0;
+  for (;;) {
+    VALUE timeout = DBL2NUM(timeout_ns < 0 ? 3600.0 : (double)timeout_ns / 1e9);
+    VALUE r = rb_fiber_scheduler_io_wait(scheduler, io, INT2NUM(events), timeout);
+    if (RTEST(r)) return NUM2INT(r);
+    if (timeout_ns >= 0) return 0;
+  }
 }
 
 int rs_io_wait_fd(int fd, short events, int64_t timeout_ns) {
