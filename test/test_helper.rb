@@ -254,9 +254,19 @@ module RingspunTest
       self.class.backend
     end
 
-    # Ringspun.run on this class's backend.
-    def run_rs(&block)
-      Ringspun.run(backend: backend, &block)
+    # Raised into a run that outlived its limit (see #run_rs).
+    class RunHung < StandardError; end
+
+    RUN_LIMIT = Float(ENV.fetch("RINGSPUN_TEST_RUN_LIMIT", "20"))
+
+    # Ringspun.run on this class's backend. A run still going after `limit`
+    # seconds is interrupted from outside (an exception raised into this
+    # thread ends the run), so a hang fails its own test, quickly, instead of
+    # the watchdog ending the whole suite.
+    def run_rs(limit: RUN_LIMIT, &block)
+      Timeout.timeout(limit, RunHung, "Ringspun.run(backend: #{backend.inspect}) still running after #{limit}s") do
+        Ringspun.run(backend: backend, &block)
+      end
     end
 
     def scheduler

@@ -345,6 +345,185 @@ module SchedulerContract
     close_all(r, w)
   end
 
+  def test_fiber_raise_into_a_fiber_that_is_runnable_but_not_yet_resumed
+    result = run_rs do
+      log = []
+      q = Queue.new
+      waiter = Ringspun.spin do
+        log << [:got, q.pop]
+      rescue MyError
+        log << :raised
+      end
+      q << :item # the waiter is runnable now, but has not run yet
+      waiter.raise(MyError)
+      log << :raiser_continued
+      sleep 0.01
+      log + [q.size, waiter.alive?, scheduler.pending_operations]
+    end
+    # The waiter never took the item: it is still in the queue.
+    assert_equal [:raised, :raiser_continued, 1, false, 0], result
+  end
+
+  def test_every_kind_of_wait_can_be_interrupted
+    result = run_rs do
+      out = {}
+      sleeper = Ringspun.spin do
+        sleep
+      rescue MyError
+        out[:sleep_forever] = :raised
+      end
+      sleeper.raise(MyError)
+      out[:inner_timeout] = begin
+        Timeout.timeout(5) { Timeout.timeout(0.02, MyError) { sleep 1 } }
+      rescue MyError
+        :fired
+      end
+      out[:outer_timeout] = begin
+        Timeout.timeout(0.02) { Timeout.timeout(5, MyError) { sleep 1 } }
+      rescue Timeout::Error
+        :fired
+      end
+      q = Queue.new
+      out[:queue_pop] = Timeout.timeout(0.02) { q.pop } rescue $!.class # rubocop:disable Style/RescueModifier
+      m = Mutex.new
+      Ringspun.spin { m.synchronize { sleep 0.1 } }
+      out[:mutex_lock] = Timeout.timeout(0.02) { m.synchronize { :locked } } rescue $!.class # rubocop:disable Style/RescueModifier
+      cv = ConditionVariable.new
+      out[:cv_wait] = Timeout.timeout(0.02) { m.synchronize { cv.wait(m) } } rescue $!.class # rubocop:disable Style/RescueModifier
+      q << :after
+      out[:queue_after] = q.pop
+      out[:mutex_after] = m.synchronize { :locked }
+      sleep 0.01
+      out[:pending] = scheduler.pending_operations
+      out
+    end
+    assert_equal({ sleep_forever: :raised, inner_timeout: :fired, outer_timeout: :fired,
+                   queue_pop: Timeout::Error, mutex_lock: Timeout::Error, cv_wait: Timeout::Error,
+                   queue_after: :after, mutex_after: :locked, pending: 0 }, result)
+  end
+
+  # A Timeout that fires just as a read completes must not throw away bytes
+  # the kernel already copied out of the pipe: the readiness path cannot lose
+  # them (read(2) either happens or not), and io_uring must give the same
+  # bytes (ARCHITECTURE.md, layer 5).
+  def test_timeouts_racing_reads_lose_no_bytes
+    n = 2_000
+    r, w = IO.pipe
+    result = run_rs do
+      Ringspun.spin do
+        n.times do |i|
+          w.write((i % 256).chr)
+          sleep 0.0002 if (i % 3).zero?
+        end
+        w.close
+      end
+      got = +""
+      timeouts = 0
+      loop do
+        got << Timeout.timeout(0.0003) { r.readpartial(1) }
+      rescue Timeout::Error
+        timeouts += 1
+      rescue EOFError
+        break
+      end
+      [got.bytesize, got.bytes == Array.new(n) { |i| i % 256 }, timeouts.positive?]
+    end
+    assert_equal [n, true, true], result
+  ensure
+    close_all(r, w)
+  end
+
+  def test_thread_kill_ends_a_run_and_frees_its_backend
+    r, w = IO.pipe
+    parked = Queue.new
+    runner = Thread.new do
+      Ringspun.run(backend: backend) do
+        Ringspun.spin { sleep 10 }
+        parked << Fiber.scheduler.backend
+        r.read(1)
+      end
+    end
+    assert_equal backend, parked.pop
+    sleep 0.02 # let the reader park
+    runner.kill
+    assert_same runner, runner.join(5), "the killed thread did not end"
+    # The leak check (teardown) sees the ring or epoll fd closed.
+  ensure
+    close_all(r, w)
+  end
+
+  def test_an_outer_timeout_ends_a_run_that_waits_forever
+    r, w = IO.pipe
+    took = elapsed do
+      assert_raises(Timeout::Error) do
+        Timeout.timeout(0.1) { Ringspun.run(backend: backend) { r.read(1) } }
+      end
+    end
+    assert_between 0.09, 2.0, took, "outer Timeout.timeout(0.1)"
+    assert_nil Fiber.scheduler
+  ensure
+    close_all(r, w)
+  end
+
+  # A run ended from outside (here an outer Timeout; Thread#kill and
+  # Interrupt take the same path) or by SystemExit in one fiber must unwind
+  # the fibers still parked, so their ensure clauses run: files close, locks
+  # open, the pidfd process_wait holds is closed.
+  def test_an_aborted_run_runs_the_ensure_clauses_of_parked_fibers
+    ran = []
+    assert_raises(Timeout::Error) do
+      Timeout.timeout(0.1) do
+        Ringspun.run(backend: backend) do
+          Ringspun.spin do
+            sleep
+          ensure
+            ran << :spun
+          end
+          begin
+            sleep
+          ensure
+            ran << :main
+          end
+        end
+      end
+    end
+    assert_raises(SystemExit) do
+      Ringspun.run(backend: backend) do
+        Ringspun.spin do
+          sleep
+        ensure
+          ran << :spun_before_exit
+        end
+        Ringspun.spin { exit 3 }
+        sleep
+      end
+    end
+    assert_equal %i[main spun spun_before_exit], ran.sort
+  end
+
+  def test_thousands_of_timed_waits_in_one_turn_overflow_the_submission_queue
+    waiters = 6_000 # each a poll and a linked timeout: 12,000 SQEs, ring of 4,096
+    r, w = IO.pipe
+    result = run_rs do
+      gate = Queue.new
+      results = Queue.new
+      waiters.times do |i|
+        Ringspun.spin do
+          gate.pop
+          results << (i.even? ? r.wait_readable(0.05) : r.wait_readable(10)).class
+        end
+      end
+      waiters.times { gate << :go }
+      timed_out = Array.new(waiters / 2) { results.pop }
+      w.write("!") # the rest see data
+      readable = Array.new(waiters / 2) { results.pop }
+      [timed_out.tally, readable.tally, scheduler.pending_operations, scheduler.inflight_operations]
+    end
+    assert_equal [{ NilClass => waiters / 2 }, { IO => waiters / 2 }, 0, 0], result
+  ensure
+    close_all(r, w)
+  end
+
   # ---- threads and synchronisation ---------------------------------------------------------
 
   def test_queue_between_a_fiber_and_a_thread_in_both_directions
@@ -432,6 +611,56 @@ module SchedulerContract
       [got == (0...n).to_a, consumer.value == (0...n).map { |i| -i }]
     end
     assert_equal [true, true], result
+  end
+
+  def test_threads_each_running_a_scheduler_share_a_mutex_and_a_queue
+    threads = 4
+    fibers = 100
+    rounds = 20
+    m = Mutex.new
+    counter = 0
+    q = Queue.new
+    values = Array.new(threads) do |t|
+      Thread.new do
+        run_one = lambda do
+          gather(fibers) do |i|
+            rounds.times do
+              m.synchronize do
+                v = counter
+                sleep 0 if i.even?
+                counter = v + 1
+              end
+              q << t # another thread's fiber may take it: wakeups cross threads
+              q.pop
+            end
+          end
+          [scheduler.backend, scheduler.pending_operations]
+        end
+        Ringspun.run(backend: backend, &run_one)
+      end
+    end.map(&:value)
+    assert_equal [[[backend, 0]] * threads, threads * fibers * rounds, 0], [values, counter, q.size]
+  end
+
+  def test_condition_variable_timeouts_racing_signals_from_a_thread
+    m = Mutex.new
+    cv = ConditionVariable.new
+    stop = false
+    signaller = Thread.new do
+      until stop
+        m.synchronize { cv.broadcast }
+        Thread.pass
+      end
+    end
+    result = run_rs do
+      gather(20) { 200.times { m.synchronize { cv.wait(m, 0.0005) } } }
+      sleep 0.01
+      [scheduler.pending_operations, scheduler.inflight_operations]
+    end
+    assert_equal [0, 0], result
+  ensure
+    stop = true
+    signaller&.join
   end
 
   def test_mutex_contended_by_fibers
@@ -628,6 +857,16 @@ module SchedulerContract
     assert_equal [nil, Signal.list["TERM"], true, 5], result
   end
 
+  def test_process_wait_on_a_process_that_is_not_our_child_raises_echild
+    stranger = Process.ppid # alive, and not our child
+    result = run_rs(limit: 1.5) do
+      [Process.wait(stranger), :no_error]
+    rescue Errno::ECHILD => e
+      e.class
+    end
+    assert_equal Errno::ECHILD, result
+  end
+
   # ---- names --------------------------------------------------------------------------------
 
   def test_addrinfo_getaddrinfo_inside_a_fiber
@@ -718,6 +957,26 @@ module SchedulerContract
       end
     end
     assert_equal [100_000, backend, 0], result
+  end
+
+  def test_fork_while_fibers_wait_on_io
+    pipes = Array.new(10) { IO.pipe }
+    result = run_rs do
+      got = Queue.new
+      pipes.each_with_index { |(r, _), i| Ringspun.spin { got << [i, r.read(4)] } }
+      sleep 0.01 # every reader is parked in the kernel (or in epoll) now
+      status = in_child do
+        # The child writes what the parent's parked fibers wait for, and
+        # runs a scheduler of its own on the side.
+        pipes.each_with_index { |(_, w), i| w.write(format("%04d", i)) }
+        child_work(backend)
+      end
+      results = Array.new(pipes.size) { got.pop }.sort
+      [status, results, scheduler.pending_operations]
+    end
+    assert_equal [[backend, 300_000, 0], Array.new(10) { |i| [i, format("%04d", i)] }, 0], result
+  ensure
+    close_all(pipes)
   end
 
   def test_plain_fork_with_and_without_a_block_inside_run
@@ -1043,6 +1302,26 @@ module SchedulerContract
       end
       assert_equal [sha(data), data.bytesize, [true, 100, true, nil]], result
     end
+  end
+
+  # Ruby 3.1 sends read_nonblock through the io_read hook (length 0) and
+  # expects -EAGAIN back when nothing is there; readpartial and friends then
+  # call io_wait themselves.
+  def test_read_nonblock_on_an_empty_pipe_does_not_wait
+    r, w = IO.pipe
+    result = run_rs(limit: 1.5) do
+      quiet = r.read_nonblock(5, exception: false)
+      raised = begin
+        r.read_nonblock(5)
+      rescue IO::WaitReadable => e
+        e.class
+      end
+      w.write("abc")
+      [quiet, raised, r.read_nonblock(5)]
+    end
+    assert_equal [:wait_readable, IO::EAGAINWaitReadable, "abc"], result
+  ensure
+    close_all(r, w)
   end
 
   def test_wait_readable_with_a_timeout
