@@ -505,20 +505,31 @@ module SpliceContract
       3.times do |i|
         GC.compact
         a, b = unix_pair
+        gone, peer = unix_pair # an error path too: a destination whose peer is gone
+        peer.close
         reader = go { drain(b) }
+        error = nil
         moved = File.open(path, "rb") do |f|
           GC.stress = true
-          IO.double_splice(f, a)
+          n = IO.double_splice(f, a)
+          f.rewind
+          begin
+            IO.double_splice(f, gone)
+          rescue SystemCallError => e
+            error = e
+          end
+          n
         ensure
           GC.stress = false
         end
         a.close_write
         GC.compact
         assert_equal data.bytesize, moved, "round #{i}"
+        assert_includes [Errno::EPIPE, Errno::ECONNRESET], error.class, "round #{i}"
         assert_equal [data.bytesize, sha256(data)], reader.value, "round #{i}"
       ensure
         GC.stress = false
-        close_all(a, b)
+        close_all(a, b, gone, peer)
       end
       assert_no_pending_operations
     end
@@ -842,5 +853,65 @@ class TestRingspunPipe < RingspunTest::Case
     assert_equal "", pipe.read
   ensure
     pipe&.close_read
+  end
+end
+
+# Bytes an IO holds in Ruby's own buffers belong to the stream, as they do
+# for IO.copy_stream: what a #gets read ahead of the line it returned must
+# still be moved, and what a #write left unflushed must come first.
+class TestSpliceRubyBuffers < RingspunTest::Case
+  include RingspunTest::SpliceZstreamSupport
+
+  def setup
+    super
+    @dir = Dir.mktmpdir("ringspun-splice-buffers")
+    @path = File.join(@dir, "src.txt")
+    File.binwrite(@path, "first line\n#{'rest ' * 10}")
+  end
+
+  def teardown
+    super
+  ensure
+    FileUtils.rm_rf(@dir)
+  end
+
+  def test_double_splice_after_gets_moves_what_ruby_read_ahead
+    a, b = unix_pair
+    a.write("line\nbody bytes")
+    a.close_write
+    out = File.join(@dir, "out.bin")
+    assert_equal "line\n", b.gets
+    moved = File.open(out, "wb") { |o| IO.double_splice(b, o) }
+    assert_equal "body bytes", File.binread(out)
+    assert_equal 10, moved
+  ensure
+    close_all(a, b)
+  end
+
+  def test_splice_after_gets_moves_what_ruby_read_ahead
+    r, w = IO.pipe
+    moved = File.open(@path, "rb") do |f|
+      assert_equal "first line\n", f.gets
+      IO.splice(f, w, -4096)
+    end
+    w.close
+    assert_equal "rest " * 10, r.read
+    assert_equal 50, moved
+  ensure
+    close_all(r, w)
+  end
+
+  def test_splice_after_an_unflushed_write_keeps_the_order
+    r, w = IO.pipe
+    w.write("spliced")
+    w.close
+    out = File.join(@dir, "out.bin")
+    File.open(out, "wb") do |o|
+      o.write("HEAD:")
+      IO.splice(r, o, -4096)
+    end
+    assert_equal "HEAD:spliced", File.binread(out)
+  ensure
+    close_all(r, w)
   end
 end
