@@ -12,6 +12,7 @@
 #include <ruby/thread.h>
 #include <unistd.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 static ID id_for_fd, id_autoclose, id_to_io, id_read_io, id_write_io;
 
@@ -138,8 +139,23 @@ static rs_sched *native_sched(void) {
   return s && s->backend.ops->native ? s : NULL;
 }
 
+/* The data is often already there (or the room, for a write): one
+ * RWF_NOWAIT system call then beats a trip through the ring and a fiber
+ * switch. Returns -EAGAIN when it would block or the file cannot say. */
+static ssize_t try_nowait(int kind, int fd, void *buf, size_t len) {
+  struct iovec iov = {buf, len};
+  for (;;) {
+    ssize_t n = kind == RS_OP_READ ? preadv2(fd, &iov, 1, -1, RWF_NOWAIT) : pwritev2(fd, &iov, 1, -1, RWF_NOWAIT);
+    if (n >= 0) return n;
+    if (errno == EINTR) continue;
+    return errno == EOPNOTSUPP || errno == EINVAL || errno == EWOULDBLOCK ? -EAGAIN : -errno;
+  }
+}
+
 static ssize_t native_rw(rs_sched *s, int kind, int fd, void *buf, size_t len, VALUE keep) {
   short events = kind == RS_OP_READ ? POLLIN : POLLOUT;
+  ssize_t quick = try_nowait(kind, fd, buf, len);
+  if (quick != -EAGAIN) return quick;
   for (;;) {
     rs_op *op = rs_op_new(s, kind);
     op->fd = fd;
@@ -165,6 +181,25 @@ static ssize_t ready_rw(int kind, int fd, void *buf, size_t len) {
     int ret = rs_io_wait_fd(fd, events, -1);
     if (ret < 0) return ret;
   }
+}
+
+static bool fd_ready(int fd, short events) {
+  struct pollfd p = {.fd = fd, .events = events};
+  return poll(&p, 1, 0) > 0;
+}
+
+ssize_t rs_io_once(int kind, int fd, void *buf, size_t len, VALUE keep) {
+  short events = kind == RS_OP_READ ? POLLIN : POLLOUT;
+  rs_sched *s = native_sched();
+  if (!s) {
+    ssize_t n = kind == RS_OP_READ ? read(fd, buf, len) : write(fd, buf, len);
+    return n >= 0 ? n : -errno;
+  }
+  ssize_t n = try_nowait(kind, fd, buf, len);
+  if (n != -EAGAIN || !fd_ready(fd, events)) return n;
+  /* Ready by poll(2), yet RWF_NOWAIT said no: a regular file whose pages
+   * are not cached. A real read through the ring. */
+  return native_rw(s, kind, fd, buf, len, keep);
 }
 
 ssize_t rs_io_read_keep(int fd, void *buf, size_t len, VALUE keep) {

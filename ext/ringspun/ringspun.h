@@ -36,6 +36,7 @@
 typedef struct rs_backend rs_backend;
 typedef struct rs_op rs_op;
 typedef struct rs_sched rs_sched;
+typedef struct rs_work_pool rs_work_pool;
 
 /* ---- operations (op.c) -------------------------------------------------- */
 
@@ -51,6 +52,7 @@ enum rs_op_kind {
   RS_OP_SPLICE,
   RS_OP_TEE,
   RS_OP_RECV_MULTI, /* multishot receive into the backend's buffer ring */
+  RS_OP_WORK,       /* a C function run by the scheduler's worker threads */
 };
 
 /* What a completion does with its op. */
@@ -93,6 +95,11 @@ struct rs_op {
   VALUE raise_class, raise_message; /* RS_ACT_RAISE */
   void *block;          /* a pool block the kernel may write; the op owns it */
   rs_buf_pool *block_pool;
+  /* RS_OP_WORK: run by a worker thread, which must touch no Ruby object */
+  int (*work_fn)(void *arg);
+  void *work_arg;
+  int work_result;
+  rs_op *remote_next;   /* completed by a worker, waiting for the loop */
 };
 
 typedef struct rs_op_pool {
@@ -188,6 +195,10 @@ struct rs_sched {
    * the GVL, so `unblock` from another thread may touch it and the ready
    * list directly; it then wakes the owner through the backend's eventfd. */
   st_table *block_ops;
+  /* Completions from worker threads (work.c), handed over under a lock. */
+  pthread_mutex_t remote_lock;
+  rs_op *remote_head;
+  rs_work_pool *work;
   long live_fibers;     /* fibers started by us and not yet finished */
   size_t inflight;      /* ops with kernel_refs > 0 */
   pid_t pid;            /* owner process, to spot a forked child */
@@ -212,6 +223,19 @@ int rs_op_wait(rs_sched *s, rs_op *op);
 void rs_op_release(rs_sched *s, rs_op *op);
 void rs_op_cancel(rs_sched *s, rs_op *op);
 void rs_sched_ready_push(rs_sched *s, rs_op *op);
+/* From a worker thread: op is done; the loop completes it. */
+void rs_sched_remote_complete(rs_sched *s, rs_op *op);
+/* Runs fn(arg) on a worker thread while the fiber parks; returns its
+ * result. Without a Ringspun scheduler, runs it here with the GVL
+ * released. An interrupted fiber still waits for the worker to finish:
+ * the job's memory is the caller's. */
+int rs_run_work(int (*fn)(void *), void *arg);
+
+/* ---- worker pool (work.c) ------------------------------------------------ */
+
+int rs_work_submit(rs_sched *s, rs_op *op);   /* -errno */
+void rs_work_pool_stop(rs_sched *s);          /* joins the workers */
+void rs_work_pool_forget(rs_sched *s);        /* in a forked child */
 
 /* ---- IO operations (io_ops.c) --------------------------------------------- */
 
@@ -229,6 +253,9 @@ int rs_io_wait_fd(int fd, short events, int64_t timeout_ns);
  * kernel may write into it until the operation's completion arrives.
  * Returns bytes moved (0: end of input) or -errno. */
 ssize_t rs_io_read_keep(int fd, void *buf, size_t len, VALUE keep);
+/* One attempt that does not wait for readiness: bytes moved or -errno,
+ * -EAGAIN when the fd is not ready (the caller waits as it likes). */
+ssize_t rs_io_once(int kind, int fd, void *buf, size_t len, VALUE keep);
 ssize_t rs_io_write_keep(int fd, const void *buf, size_t len, VALUE keep);
 
 /* A read or write that may be kept in flight while the fiber works (the

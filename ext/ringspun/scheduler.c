@@ -37,7 +37,10 @@ typedef struct sched_wrap {
   rs_sched s;
   unsigned long generation;
   VALUE pending_error; /* non-StandardError that escaped a fiber */
+  VALUE fibers;        /* Hash: the fibers started here and not finished */
 } sched_wrap;
+
+static VALUE eRunAborted;
 
 static void mark_op(rs_op *op, void *arg) {
   (void)arg;
@@ -55,6 +58,7 @@ static void sched_mark(void *p) {
   rb_gc_mark(w->s.resuming);
   rb_gc_mark(w->s.thread);
   rb_gc_mark(w->pending_error);
+  rb_gc_mark(w->fibers);
   rs_op_pool_each_live(&w->s.pool, mark_op, NULL);
 }
 
@@ -65,6 +69,7 @@ static void backend_destroy(rs_sched *s) {
 
 static void sched_free(void *p) {
   sched_wrap *w = p;
+  if (w->generation == fork_generation) rs_work_pool_stop(&w->s);
   backend_destroy(&w->s);
   rs_op_pool_destroy(&w->s.pool);
   rs_buf_pool_destroy(&w->s.bufs);
@@ -91,9 +96,11 @@ static VALUE sched_alloc(VALUE klass) {
   w->s.self = self;
   w->s.loop_fiber = w->s.running = w->s.resuming = w->s.thread = Qnil;
   w->pending_error = Qnil;
+  w->fibers = rb_hash_new();
   w->s.backend.wake_fd = -1;
   rs_op_pool_init(&w->s.pool);
   w->s.block_ops = st_init_numtable();
+  pthread_mutex_init(&w->s.remote_lock, NULL);
   return self;
 }
 
@@ -222,6 +229,10 @@ void rs_op_kernel_done(rs_op *op) {
 
 void rs_op_cancel(rs_sched *s, rs_op *op) {
   if (op->cancelling || !(op->kernel_refs || op->in_backend)) return;
+  if (op->kind == RS_OP_WORK) { /* a running job cannot be stopped; it ends soon */
+    op->cancelling = 1;
+    return;
+  }
   op->cancelling = 1;
   s->backend.ops->cancel(&s->backend, op);
 }
@@ -241,6 +252,7 @@ void rs_op_release(rs_sched *s, rs_op *op) {
 
 static int op_submit(rs_sched *s, rs_op *op) {
   if (op->kind == RS_OP_READY) return 0;
+  if (op->kind == RS_OP_WORK) return rs_work_submit(s, op);
   return s->backend.ops->submit(&s->backend, op);
 }
 
@@ -274,13 +286,17 @@ static int park(rs_sched *s, VALUE target) {
   return state;
 }
 
-/* Interrupted while waiting: cancel, and when the kernel may still write
- * memory Ruby can see, wait for its last completion before letting go. */
+/* Interrupted while waiting: cancel, and wait for the op's last completion
+ * before letting go, so no buffer is written and no op outlives the
+ * exception. */
 static void op_abort(rs_sched *s, rs_op *op, int state) {
   VALUE err = rb_errinfo();
   rs_op_cancel(s, op);
   ready_unlink(s, op);
-  while (op->keep != Qnil && op->kernel_refs > 0) {
+  /* Every op, not only those holding Ruby memory: an exception that leaves
+   * a cancelled op in flight would leave work behind it. A cancel completes
+   * on the next turn of the loop. */
+  while (op->kernel_refs > 0) {
     park(s, s->loop_fiber);
     ready_unlink(s, op);
   }
@@ -329,10 +345,78 @@ int rs_op_wait(rs_sched *s, rs_op *op) {
   return ret;
 }
 
+void rs_sched_remote_complete(rs_sched *s, rs_op *op) {
+  pthread_mutex_lock(&s->remote_lock);
+  op->remote_next = s->remote_head;
+  s->remote_head = op;
+  pthread_mutex_unlock(&s->remote_lock);
+  s->backend.ops->wakeup(&s->backend);
+}
+
+static void drain_remote(rs_sched *s) {
+  if (!s->remote_head) return; /* a racy peek: a miss is caught next turn, the eventfd says so */
+  pthread_mutex_lock(&s->remote_lock);
+  rs_op *op = s->remote_head;
+  s->remote_head = NULL;
+  pthread_mutex_unlock(&s->remote_lock);
+  while (op) {
+    rs_op *next = op->remote_next;
+    rs_op_complete(op, op->work_result, 0);
+    op = next;
+  }
+}
+
+/* The backend's wait, then what worker threads finished meanwhile. */
+static int sched_wait(rs_sched *s, int64_t timeout_ns) {
+  int ret = s->backend.ops->wait(&s->backend, timeout_ns);
+  drain_remote(s);
+  return ret;
+}
+
+typedef struct work_args {
+  int (*fn)(void *);
+  void *arg;
+  int ret;
+} work_args;
+
+static void *work_nogvl(void *p) {
+  work_args *a = p;
+  a->ret = a->fn(a->arg);
+  return NULL;
+}
+
+int rs_run_work(int (*fn)(void *), void *arg) {
+  rs_sched *s = rs_sched_current();
+  if (s) {
+    rs_op *op = rs_op_new(s, RS_OP_WORK);
+    op->work_fn = fn;
+    op->work_arg = arg;
+    int ret = rs_op_await(s, op);
+    if (ret != -EAGAIN) return ret; /* (fn returns >= 0) */
+    /* -EAGAIN: no worker thread could be started; do it here. */
+  }
+  work_args a = {fn, arg, 0};
+  rb_thread_call_without_gvl(work_nogvl, &a, NULL, NULL);
+  return a.ret;
+}
+
 /* ---- the loop ------------------------------------------------------------------------ */
+
+/* Another op of `fiber` is queued: it finished (a read that took bytes,
+ * say) and its fiber must see that before a timeout may interrupt it. */
+static bool fiber_has_news(rs_sched *s, VALUE fiber, rs_op *except) {
+  for (rs_op *o = s->ready_head; o; o = o->next)
+    if (o != except && o->fiber == fiber && o->action == RS_ACT_RESUME) return true;
+  return false;
+}
 
 static void resume_op(rs_sched *s, rs_op *op) {
   VALUE fiber = op->fiber;
+  if (op->action == RS_ACT_RAISE && fiber_has_news(s, fiber, op)) {
+    ready_unlink(s, op);
+    rs_sched_ready_push(s, op); /* after the news: it may yet be cancelled */
+    return;
+  }
   VALUE args[2] = {op->raise_class, op->raise_message};
   bool raise = op->action == RS_ACT_RAISE;
   ready_unlink(s, op);
@@ -383,7 +467,7 @@ static VALUE sched_run(VALUE self) {
   for (;;) {
     drain_ready(s);
     if (s->live_fibers <= 0 && !s->ready_head) break;
-    int ret = s->backend.ops->wait(&s->backend, s->ready_head ? 0 : -1);
+    int ret = sched_wait(s, s->ready_head ? 0 : -1);
     if (ret < 0) rs_raise_errno(-ret, s->backend.ops->name);
     rb_thread_check_ints();
   }
@@ -402,7 +486,8 @@ static void cancel_live(rs_op *op, void *arg) {
 static void drain_inflight(rs_sched *s) {
   if (!s->backend.impl) return;
   rs_op_pool_each_live(&s->pool, cancel_live, s);
-  for (int i = 0; i < 200 && s->inflight > 0; i++) s->backend.ops->wait(&s->backend, 10 * 1000000LL);
+  for (int i = 0; i < 200 && s->inflight > 0; i++) sched_wait(s, 10 * 1000000LL);
+  rs_work_pool_stop(s); /* after its jobs are done: nothing left for them to wake */
 }
 
 static VALUE sched_teardown(VALUE self) {
@@ -412,6 +497,47 @@ static VALUE sched_teardown(VALUE self) {
   drain_inflight(s);
   backend_destroy(s);
   return Qnil;
+}
+
+static VALUE raise_abort(VALUE fiber) {
+  VALUE args[2] = {eRunAborted, rb_str_new_cstr("Ringspun.run was aborted")};
+  return rb_fiber_raise(fiber, 2, args);
+}
+
+static VALUE unwind_fibers(VALUE self) {
+  rs_sched *s = rs_sched_get(self);
+  VALUE fibers = rb_funcall(wrap_of(s)->fibers, rb_intern("keys"), 0);
+  for (long i = 0; i < RARRAY_LEN(fibers); i++) {
+    VALUE f = RARRAY_AREF(fibers, i);
+    if (f == rb_fiber_current() || !RTEST(rb_fiber_alive_p(f))) continue;
+    s->running = s->resuming = f;
+    int state = 0;
+    rb_protect(raise_abort, f, &state);
+    if (state) rb_set_errinfo(Qnil);
+    s->running = s->loop_fiber;
+  }
+  /* Their ensure clauses may wait: give them a bounded second. */
+  uint64_t deadline = rs_now_ns() + 1000000000ULL;
+  while (s->live_fibers > 0 && rs_now_ns() < deadline) {
+    drain_ready(s);
+    if (s->live_fibers <= 0) break;
+    sched_wait(s, s->ready_head ? 0 : 10 * 1000000LL);
+  }
+  return Qnil;
+}
+
+/* Closes after an interrupted run: every fiber still parked gets
+ * Ringspun::RunAborted raised where it waits, so its ensure clauses run
+ * (files closed, locks released), then the backend goes. */
+static VALUE sched_abandon(VALUE self) {
+  rs_sched *s = rs_sched_get(self);
+  if (s->closed) return Qnil;
+  if (rb_fiber_current() == s->loop_fiber) {
+    int state = 0;
+    rb_protect(unwind_fibers, self, &state);
+    if (state) rb_set_errinfo(Qnil);
+  }
+  return sched_teardown(self);
 }
 
 static VALUE sched_close(VALUE self) {
@@ -449,8 +575,13 @@ static void after_fork_child(sched_wrap *w) {
   st_clear(s->block_ops);
   s->ready_head = s->ready_tail = NULL;
   s->inflight = 0;
+  rs_work_pool_forget(s);
+  pthread_mutex_init(&s->remote_lock, NULL);
+  s->remote_head = NULL;
   VALUE cur = rb_fiber_current();
   s->live_fibers = (cur != s->loop_fiber && !s->closed) ? 1 : 0;
+  rb_hash_clear(w->fibers);
+  if (s->live_fibers) rb_hash_aset(w->fibers, cur, Qtrue);
   s->thread = rb_thread_current();
   if (s->closed || !ops) return;
   int ret = backend_start(s, ops);
@@ -533,8 +664,13 @@ static VALUE fiber_body(RB_BLOCK_CALL_FUNC_ARGLIST(yielded, data)) {
   int state = 0;
   VALUE result = rb_protect(call_proc, RARRAY_AREF(data, 1), &state);
   s->live_fibers--;
+  rb_hash_delete(wrap_of(s)->fibers, rb_fiber_current());
   if (!state) return result;
   VALUE err = rb_errinfo();
+  if (state == 6 && rb_obj_is_kind_of(err, eRunAborted)) {
+    rb_set_errinfo(Qnil); /* unwound on purpose by sched_abandon */
+    return Qnil;
+  }
   if (state == 6 /* TAG_RAISE */ && rb_obj_is_kind_of(err, rb_eStandardError)) {
     /* Like a Thread with report_on_exception: say so and let the others run. */
     rb_set_errinfo(Qnil);
@@ -563,6 +699,7 @@ static VALUE sched_fiber(int argc, VALUE *argv, VALUE self) {
   VALUE body = rb_proc_new(fiber_body, data);
   VALUE fiber = rb_funcall_with_block_kw(cFiber, id_new, 1, &kw, body, RB_PASS_KEYWORDS);
   s->live_fibers++;
+  rb_hash_aset(wrap_of(s)->fibers, fiber, Qtrue);
   VALUE me = rb_fiber_current();
   if (me == s->loop_fiber) {
     s->running = fiber;
@@ -678,8 +815,9 @@ static VALUE sched_io_wait(VALUE self, VALUE io, VALUE events, VALUE timeout) {
   if (ret == 0) return Qfalse;
   if (ret < 0) rs_raise_errno(-ret, "io_wait");
   /* An error or hangup makes every requested direction "ready": the next
-   * system call reports what happened. */
-  if (ret & (POLLERR | POLLHUP | POLLNVAL)) return INT2NUM(ev);
+   * system call reports what happened. (io_uring adds POLLRDHUP to every
+   * poll: a POLLOUT wait may end with only that bit.) */
+  if (ret & (POLLERR | POLLHUP | POLLNVAL | POLLRDHUP)) return INT2NUM(ev);
   return INT2NUM(ret & ev);
 }
 
@@ -690,6 +828,12 @@ static VALUE sched_io_read(VALUE self, VALUE io, VALUE buffer, VALUE length) {
   size_t size;
   rb_io_buffer_get_bytes_for_writing(buffer, &base, &size);
   size_t want = NUM2SIZET(length), off = 0;
+  /* Length 0 (how Ruby 3.1 reads): one attempt; -EAGAIN makes Ruby call
+   * io_wait, or return :wait_readable from read_nonblock. */
+  if (want == 0) {
+    ssize_t n = rs_io_once(RS_OP_READ, fd, base, size, buffer);
+    return n < 0 ? INT2NUM((int)n) : SSIZET2NUM(n);
+  }
   do {
     ssize_t n = rs_io_read_keep(fd, (char *)base + off, size - off, buffer);
     if (n < 0) return off ? SIZET2NUM(off) : INT2NUM((int)n);
@@ -706,6 +850,10 @@ static VALUE sched_io_write(VALUE self, VALUE io, VALUE buffer, VALUE length) {
   size_t size;
   rb_io_buffer_get_bytes_for_reading(buffer, &base, &size);
   size_t want = NUM2SIZET(length), off = 0;
+  if (want == 0) {
+    ssize_t n = rs_io_once(RS_OP_WRITE, fd, (void *)base, size, buffer);
+    return n < 0 ? INT2NUM((int)n) : SSIZET2NUM(n);
+  }
   do {
     ssize_t n = rs_io_write_keep(fd, (const char *)base + off, size - off, buffer);
     if (n < 0) return off ? SIZET2NUM(off) : INT2NUM((int)n);
@@ -773,13 +921,15 @@ void rs_init_scheduler(VALUE mRingspun) {
 
   cFiber = rb_path2class("Fiber");
   cScheduler = rb_define_class_under(mRingspun, "Scheduler", rb_cObject);
+  /* Not a StandardError: `rescue => e` in user code must not swallow it. */
+  eRunAborted = rb_define_class_under(mRingspun, "RunAborted", rb_eException);
   rb_define_alloc_func(cScheduler, sched_alloc);
   rb_define_method(cScheduler, "initialize", sched_initialize, -1);
   rb_define_method(cScheduler, "backend", sched_backend, 0);
   rb_define_method(cScheduler, "run", sched_run, 0);
   rb_define_method(cScheduler, "close", sched_close, 0);
   rb_define_method(cScheduler, "closed?", sched_closed_p, 0);
-  rb_define_method(cScheduler, "abandon", sched_teardown, 0);
+  rb_define_method(cScheduler, "abandon", sched_abandon, 0);
   rb_define_method(cScheduler, "fiber", sched_fiber, -1);
   rb_define_method(cScheduler, "kernel_sleep", sched_kernel_sleep, -1);
   rb_define_method(cScheduler, "block", sched_block, -1);

@@ -11,7 +11,6 @@
 #include <string.h>
 #include <time.h>
 #include <zlib.h>
-#include <ruby/thread.h>
 
 enum zmode { ZM_GZIP, ZM_GUNZIP, ZM_DEFLATE, ZM_INFLATE };
 enum { SRC_FD, SRC_STRING, SRC_READER };
@@ -98,19 +97,21 @@ typedef struct zcall {
   int ret;
 } zcall;
 
-static void *zcall_nogvl(void *p) {
+static int zcall_run(void *p) {
   zcall *c = p;
   c->ret = c->inflating ? inflate(c->z, c->flush) : deflate(c->z, c->flush);
-  return NULL;
+  return 0;
 }
 
+/* zlib off the loop: a worker thread under a Ringspun scheduler (other
+ * fibers run meanwhile), else here with the GVL released. Handing work
+ * over costs a few microseconds: only for real work. */
 static int zrun(zjob *j, int flush) {
   zcall c = {&j->z, flush, j->mode == ZM_GUNZIP || j->mode == ZM_INFLATE, 0};
-  /* Releasing the GVL costs a few microseconds: only for real work. */
   if (j->z.avail_in >= 4096 || flush == Z_FINISH)
-    rb_thread_call_without_gvl(zcall_nogvl, &c, NULL, NULL);
+    rs_run_work(zcall_run, &c);
   else
-    zcall_nogvl(&c);
+    zcall_run(&c);
   return c.ret;
 }
 

@@ -10,8 +10,13 @@ module Ringspun
     # @param flags [Integer] as for Process.wait
     # @return [Process::Status, nil]
     def process_wait(pid, flags)
-      if pid.positive? && (flags & Process::WNOHANG).zero? && wait_pidfd(pid)
-        return Process::Status.wait(pid, flags | Process::WNOHANG)
+      return Process::Status.wait(pid, flags) unless (flags & Process::WNOHANG).zero?
+
+      if pid.positive?
+        # Already gone, or not our child (a status carrying ECHILD): at once.
+        status = Process::Status.wait(pid, flags | Process::WNOHANG)
+        return status if status
+        return Process::Status.wait(pid, flags | Process::WNOHANG) if wait_pidfd(pid)
       end
 
       # No pidfd for "any child" or "a process group": a helper thread waits.
