@@ -7,6 +7,7 @@
  * is produced. deflate() and inflate() run with the GVL released. End of
  * input is a read of 0 bytes, never a short read. */
 #include "ringspun.h"
+#include "zcore.h"
 #include <errno.h>
 #include <string.h>
 #include <time.h>
@@ -25,7 +26,9 @@ static VALUE eZlibError; /* resolved lazily: zlib is required on first use */
 typedef struct zjob {
   int mode;
   const char *name; /* the Ruby method, for messages */
-  z_stream z;
+  z_stream z;       /* compressing */
+  rs_unzip u;       /* decompressing (zcore.c) */
+  z_stream *zs;     /* the one in use */
   bool z_ready;
   rs_buf_pool *pool;
   /* source */
@@ -47,9 +50,9 @@ typedef struct zjob {
   rs_pending wr;
   int64_t written;
   /* gzip */
-  gz_header hdr;
+  gz_header hdr;    /* compressing: the header we write */
+  Bytef *name_buf, *comment_buf;
   VALUE info;
-  int members;
 } zjob;
 
 /* ---- errors ------------------------------------------------------------------------ */
@@ -65,20 +68,13 @@ static VALUE zlib_class(const char *path) {
 NORETURN(static void raise_zlib(const char *klass, const char *msg));
 static void raise_zlib(const char *klass, const char *msg) { rb_raise(zlib_class(klass), "%s", msg); }
 
-/* zlib's own message tells a gzip trailer's CRC apart from its length. */
+/* Compressing fails only on bad arguments or memory. */
 NORETURN(static void raise_for(zjob *j, int ret));
 static void raise_for(zjob *j, int ret) {
   const char *msg = j->z.msg ? j->z.msg : zError(ret);
-  bool gz = j->mode == ZM_GUNZIP;
   if (ret == Z_MEM_ERROR) rb_raise(rb_eNoMemError, "%s: zlib: %s", j->name, msg);
   if (ret == Z_BUF_ERROR) raise_zlib("Zlib::BufError", msg);
-  if (gz && strcmp(msg, "incorrect data check") == 0) raise_zlib("Zlib::GzipFile::CRCError", "invalid compressed data -- crc error");
-  if (gz && strcmp(msg, "incorrect length check") == 0)
-    raise_zlib("Zlib::GzipFile::LengthError", "invalid compressed data -- length error");
-  if (gz && (strstr(msg, "header") || strstr(msg, "compression method")))
-    raise_zlib("Zlib::GzipFile::Error", msg);
-  if (ret == Z_STREAM_ERROR) raise_zlib("Zlib::StreamError", msg);
-  raise_zlib("Zlib::DataError", msg);
+  raise_zlib("Zlib::StreamError", msg);
 }
 
 NORETURN(static void raise_io(zjob *j, int err, const char *side));
@@ -93,13 +89,12 @@ static void raise_io(zjob *j, int err, const char *side) {
 typedef struct zcall {
   z_stream *z;
   int flush;
-  bool inflating;
   int ret;
 } zcall;
 
 static int zcall_run(void *p) {
   zcall *c = p;
-  c->ret = c->inflating ? inflate(c->z, c->flush) : deflate(c->z, c->flush);
+  c->ret = deflate(c->z, c->flush);
   return 0;
 }
 
@@ -107,7 +102,7 @@ static int zcall_run(void *p) {
  * fibers run meanwhile), else here with the GVL released. Handing work
  * over costs a few microseconds: only for real work. */
 static int zrun(zjob *j, int flush) {
-  zcall c = {&j->z, flush, j->mode == ZM_GUNZIP || j->mode == ZM_INFLATE, 0};
+  zcall c = {&j->z, flush, 0};
   if (j->z.avail_in >= 4096 || flush == Z_FINISH)
     rs_run_work(zcall_run, &c);
   else
@@ -123,8 +118,8 @@ static bool next_input_fd(zjob *j) {
   ssize_t n = rs_reader_next(&j->rd, &data);
   if (n < 0) raise_io(j, (int)-n, "src");
   if (n == 0) return false;
-  j->z.next_in = (Bytef *)data;
-  j->z.avail_in = (uInt)n;
+  j->zs->next_in = (Bytef *)data;
+  j->zs->avail_in = (uInt)n;
   return true;
 }
 
@@ -133,8 +128,8 @@ static bool next_input_string(zjob *j) {
   if (j->src_off >= len) return false;
   size_t n = len - j->src_off;
   if (n > RS_STRING_SLICE) n = RS_STRING_SLICE;
-  j->z.next_in = (Bytef *)RSTRING_PTR(j->src_obj) + j->src_off;
-  j->z.avail_in = (uInt)n;
+  j->zs->next_in = (Bytef *)RSTRING_PTR(j->src_obj) + j->src_off;
+  j->zs->avail_in = (uInt)n;
   j->src_off += n;
   return true;
 }
@@ -154,8 +149,8 @@ static bool next_input_reader(zjob *j) {
   StringValue(chunk);
   if (RSTRING_LEN(chunk) == 0) return next_input_reader(j);
   j->src_chunk = chunk;
-  j->z.next_in = (Bytef *)RSTRING_PTR(chunk);
-  j->z.avail_in = (uInt)RSTRING_LEN(chunk);
+  j->zs->next_in = (Bytef *)RSTRING_PTR(chunk);
+  j->zs->avail_in = (uInt)RSTRING_LEN(chunk);
   return true;
 }
 
@@ -210,10 +205,7 @@ static int pump(zjob *j, int flush) {
     j->z.next_out = j->out_block[j->out_cur];
     j->z.avail_out = RS_BLOCK_SIZE;
     ret = zrun(j, flush);
-    if (ret == Z_STREAM_ERROR || ret == Z_DATA_ERROR || ret == Z_MEM_ERROR || ret == Z_NEED_DICT) {
-      emit(j, RS_BLOCK_SIZE - j->z.avail_out);
-      raise_for(j, ret == Z_NEED_DICT ? Z_DATA_ERROR : ret);
-    }
+    if (ret == Z_STREAM_ERROR || ret == Z_MEM_ERROR) raise_for(j, ret);
     emit(j, RS_BLOCK_SIZE - j->z.avail_out);
   } while (ret != Z_STREAM_END && (j->z.avail_out == 0 || (flush == Z_FINISH && ret != Z_BUF_ERROR)));
   return ret;
@@ -238,8 +230,8 @@ static VALUE compress_body(VALUE p) {
 /* ---- decompress ------------------------------------------------------------------------------ */
 
 static void header_to_info(zjob *j) {
-  if (NIL_P(j->info) || j->members > 0) return;
-  gz_header *h = &j->hdr;
+  if (NIL_P(j->info) || j->u.members > 1) return;
+  gz_header *h = &j->u.hdr;
   rb_hash_aset(j->info, ID2SYM(id_mtime), rb_time_new((time_t)h->time, 0));
   rb_hash_aset(j->info, ID2SYM(id_os), INT2FIX(h->os));
   rb_hash_aset(j->info, ID2SYM(id_orig_name), h->name && h->name[0] ? rb_str_new_cstr((char *)h->name) : Qnil);
@@ -248,50 +240,46 @@ static void header_to_info(zjob *j) {
   rb_hash_aset(j->info, ID2SYM(id_level), h->xflags == 2 ? INT2FIX(9) : h->xflags == 4 ? INT2FIX(1) : Qnil);
 }
 
-static void reset_header(zjob *j) {
-  if (j->mode != ZM_GUNZIP) return;
-  if (j->hdr.name) j->hdr.name[0] = 0;
-  if (j->hdr.comment) j->hdr.comment[0] = 0;
-  inflateGetHeader(&j->z, &j->hdr);
+NORETURN(static void raise_unzip(rs_unzip *u));
+static void raise_unzip(rs_unzip *u) {
+  switch (u->error) {
+  case RS_UNZIP_EMEM: rb_raise(rb_eNoMemError, "zlib: %s", u->msg);
+  case RS_UNZIP_ETRUNC: raise_zlib("Zlib::BufError", u->msg);
+  case RS_UNZIP_ECRC: raise_zlib("Zlib::GzipFile::CRCError", u->msg);
+  case RS_UNZIP_ELENGTH: raise_zlib("Zlib::GzipFile::LengthError", u->msg);
+  case RS_UNZIP_EHEADER:
+  case RS_UNZIP_ENOTGZIP:
+  case RS_UNZIP_EGARBAGE: raise_zlib("Zlib::GzipFile::Error", u->msg);
+  default: raise_zlib("Zlib::DataError", u->msg);
+  }
 }
 
-/* After a gzip member: another member, zero padding, or the end. Returns
- * true when a new member starts. Like Python's gzip: zeros are padding,
- * anything else is an error. */
-static bool next_member(zjob *j) {
-  for (;;) {
-    while (j->z.avail_in > 0 && j->z.next_in[0] == 0) {
-      j->z.next_in++;
-      j->z.avail_in--;
-    }
-    if (j->z.avail_in > 0) break;
-    if (!next_input(j)) return false;
-  }
-  if (j->z.next_in[0] != 0x1f) raise_zlib("Zlib::GzipFile::Error", "trailing garbage after gzip member");
-  inflateReset(&j->z);
-  reset_header(j);
-  return true;
+static int zcall_inflate(void *p) {
+  z_stream *z = p;
+  return inflate(z, Z_NO_FLUSH) + 16; /* rs_run_work results are >= 0 */
+}
+
+/* Runs inflate on a worker thread when there is real work. */
+static int inflate_off_loop(void *ctx, z_stream *z) {
+  (void)ctx;
+  if (z->avail_in < 4096) return inflate(z, Z_NO_FLUSH);
+  return rs_run_work(zcall_inflate, z) - 16;
 }
 
 static VALUE decompress_body(VALUE p) {
   zjob *j = (zjob *)p;
-  bool in_member = false;
   for (;;) {
-    if (j->z.avail_in == 0 && !next_input(j)) {
-      if (in_member || j->mode == ZM_INFLATE) raise_zlib("Zlib::BufError", "unexpected end of compressed input");
-      if (j->members == 0) raise_zlib("Zlib::GzipFile::Error", "not in gzip format");
+    if (j->zs->avail_in == 0 && !next_input(j)) {
+      if (rs_unzip_eof(&j->u) == RS_UNZIP_ERROR) raise_unzip(&j->u);
       break;
     }
-    in_member = true;
-    int ret = pump(j, Z_NO_FLUSH);
-    if (ret == Z_BUF_ERROR && j->z.avail_in > 0) raise_for(j, Z_DATA_ERROR); /* no progress possible */
-    if (ret != Z_STREAM_END) continue;
-    header_to_info(j);
-    j->members++;
-    in_member = false;
-    if (j->mode != ZM_GUNZIP) break; /* a zlib stream is one member; the rest is ignored */
-    if (!next_member(j)) break;
-    in_member = true;
+    j->zs->next_out = j->out_block[j->out_cur];
+    j->zs->avail_out = RS_BLOCK_SIZE;
+    int st = rs_unzip_run(&j->u);
+    emit(j, RS_BLOCK_SIZE - j->zs->avail_out);
+    if (st == RS_UNZIP_ERROR) raise_unzip(&j->u);
+    if (st == RS_UNZIP_MEMBER) header_to_info(j);
+    if (st == RS_UNZIP_END) break;
   }
   finish_output(j);
   return Qnil;
@@ -315,11 +303,12 @@ static VALUE zjob_cleanup(VALUE p) {
     rs_op_release(j->wr.s, op);
   }
   for (int i = 0; i < 2; i++) release_block(j, j->out_block[i], kept_wr);
-  release_block(j, j->hdr.name, NULL);
-  release_block(j, j->hdr.comment, NULL);
-  if (j->z_ready) {
-    if (j->mode == ZM_GZIP || j->mode == ZM_DEFLATE) deflateEnd(&j->z);
-    else inflateEnd(&j->z);
+  release_block(j, j->name_buf, NULL);
+  release_block(j, j->comment_buf, NULL);
+  if (j->mode == ZM_GZIP || j->mode == ZM_DEFLATE) {
+    if (j->z_ready) deflateEnd(&j->z);
+  } else {
+    rs_unzip_end(&j->u);
   }
   if (j->src_locked) rb_str_unlocktmp(j->src_obj);
   return Qnil;
@@ -365,6 +354,7 @@ static void zjob_init(zjob *j, int mode, const char *name, VALUE src, VALUE dst)
   j->name = name;
   j->info = Qnil;
   j->src_fd = j->dst_fd = -1;
+  j->zs = (mode == ZM_GZIP || mode == ZM_DEFLATE) ? &j->z : &j->u.z;
   setup_dst(j, dst);
   setup_src(j, src);
 }
@@ -444,21 +434,21 @@ static int init_deflate(zjob *j, void *arg) {
   j->hdr.time = o->mtime;
   j->hdr.os = 3; /* Unix */
   /* deflate() reads these when it writes the header: keep our own copies. */
-  j->hdr.name = copy_cstr(j, o->orig_name);
-  j->hdr.comment = copy_cstr(j, o->comment);
+  j->hdr.name = j->name_buf = copy_cstr(j, o->orig_name);
+  j->hdr.comment = j->comment_buf = copy_cstr(j, o->comment);
   return deflateSetHeader(&j->z, &j->hdr);
 }
 
 static int init_inflate(zjob *j, void *arg) {
   (void)arg;
-  int ret = inflateInit2(&j->z, j->mode == ZM_GUNZIP ? 15 + 16 : 15);
-  if (ret != Z_OK || j->mode != ZM_GUNZIP) return ret;
-  j->hdr.name = take_block(j);
-  j->hdr.name_max = RS_BLOCK_SIZE - 1;
-  j->hdr.comment = take_block(j);
-  j->hdr.comm_max = RS_BLOCK_SIZE - 1;
-  reset_header(j);
-  return Z_OK;
+  bool gzip = j->mode == ZM_GUNZIP;
+  if (gzip) {
+    j->name_buf = take_block(j);
+    j->comment_buf = take_block(j);
+  }
+  int ret = rs_unzip_init(&j->u, gzip, j->name_buf, RS_BLOCK_SIZE - 1, j->comment_buf, RS_BLOCK_SIZE - 1);
+  j->u.inflate_fn = inflate_off_loop;
+  return ret;
 }
 
 typedef struct job_args {
