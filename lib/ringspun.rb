@@ -1,7 +1,13 @@
 # frozen_string_literal: true
 
 require_relative "ringspun/version"
-require_relative "ringspun/ringspun"
+# RINGSPUN_EXT names another build of the extension (the sanitizer build the
+# test task runs); normally the one beside this file.
+if ENV["RINGSPUN_EXT"]
+  require ENV["RINGSPUN_EXT"]
+else
+  require_relative "ringspun/ringspun"
+end
 require_relative "ringspun/scheduler"
 require_relative "ringspun/fork"
 require_relative "ringspun/pipe"
