@@ -83,10 +83,8 @@ module Ringspun
     # @param maxlen [Integer] the largest chunk
     # @yieldparam data [String] a binary string
     # @return [Pipe] self
-    def read_loop(maxlen = 65_536)
-      loop { yield @read_io.readpartial(maxlen) }
-      self
-    rescue EOFError
+    def read_loop(maxlen = 65_536, &block)
+      @read_io.read_loop(maxlen, &block)
       self
     end
 
