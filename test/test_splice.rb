@@ -37,15 +37,6 @@ module SpliceContract
     scheduled? ? Ringspun.spin(&block) : Thread.new(&block)
   end
 
-  # A Timeout cancels the operation its fiber waited on; the cancellation's
-  # completion is reaped on the loop's next turn (a poll holds no buffer, so
-  # nothing waits for it: ARCHITECTURE.md, "Invariants"). After one turn
-  # nothing may be left.
-  def assert_no_pending_operations_after_a_turn
-    sleep 0
-    assert_no_pending_operations
-  end
-
   # Waits for what #article_spin started: a thread is joined; a fiber has
   # already finished once its pipe was closed, which the caller waited for.
   def article_join(handle)
@@ -439,12 +430,12 @@ module SpliceContract
       # Waiting on a full socket is a wait, not a loop: far less CPU than
       # the 0.3 s it lasted.
       assert_operator cpu, :<, 0.15, "#{cpu}s of CPU while the destination was full"
-      assert_no_pending_operations_after_a_turn
+      assert_no_pending_operations
 
       r, w = IO.pipe # an idle source: the splice waits on src
       assert_raises(Timeout::Error) { Timeout.timeout(0.1) { IO.splice(r, a, -4096) } }
       assert_raises(Timeout::Error) { Timeout.timeout(0.1) { IO.double_splice(r, a) } }
-      assert_no_pending_operations_after_a_turn
+      assert_no_pending_operations
       close_all(a, b, src, r, w)
       assert_equal fds, open_fd_count, "double_splice's private pipe left open"
     ensure
@@ -514,7 +505,7 @@ module SpliceContract
           n = IO.double_splice(f, a)
           f.rewind
           begin
-            IO.double_splice(f, gone)
+            IO.double_splice(f, gone) if i.zero? # raising under GC.stress is slow
           rescue SystemCallError => e
             error = e
           end
@@ -525,7 +516,7 @@ module SpliceContract
         a.close_write
         GC.compact
         assert_equal data.bytesize, moved, "round #{i}"
-        assert_includes [Errno::EPIPE, Errno::ECONNRESET], error.class, "round #{i}"
+        assert_includes [Errno::EPIPE, Errno::ECONNRESET], error.class, "round #{i}" if i.zero?
         assert_equal [data.bytesize, sha256(data)], reader.value, "round #{i}"
       ensure
         GC.stress = false
