@@ -16,6 +16,14 @@
 
 static ID id_for_fd, id_autoclose, id_to_io, id_read_io, id_write_io;
 
+VALUE rs_kwarg(VALUE opts, const char *name) {
+  if (NIL_P(opts)) return Qundef;
+  ID key = rb_intern(name);
+  VALUE val;
+  rb_get_kwargs(opts, &key, 0, 1, &val);
+  return val;
+}
+
 int rs_io_fd(VALUE io) {
   if (RB_INTEGER_TYPE_P(io)) {
     int fd = NUM2INT(io);

@@ -83,13 +83,8 @@ static VALUE sock_recv_loop(int argc, VALUE *argv, VALUE self) {
 static VALUE io_feed_loop(int argc, VALUE *argv, VALUE self) {
   VALUE receiver, method, opts;
   rb_scan_args(argc, argv, "11:", &receiver, &method, &opts);
-  long maxlen = 65536;
-  if (!NIL_P(opts)) {
-    ID keys[1] = {rb_intern("maxlen")};
-    VALUE vals[1];
-    rb_get_kwargs(opts, keys, 0, 1, vals);
-    if (vals[0] != Qundef) maxlen = NUM2LONG(vals[0]);
-  }
+  VALUE vmax = rs_kwarg(opts, "maxlen");
+  long maxlen = vmax == Qundef ? 65536 : NUM2LONG(vmax);
   loop_args a = {.io = self, .receiver = receiver, .name = "feed_loop", .multishot = true};
   a.method = NIL_P(method) ? id_call : rb_to_id(method);
   a.block = rb_block_given_p() ? rb_block_proc() : Qnil;

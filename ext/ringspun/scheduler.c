@@ -310,27 +310,24 @@ static void check_parkable(rs_sched *s) {
   if (rb_fiber_current() == s->loop_fiber) rb_raise(rb_eRuntimeError, "ringspun: the loop fiber cannot wait on itself");
 }
 
-int rs_op_start(rs_sched *s, rs_op *op) {
+/* Makes op the current fiber's and submits it; on failure releases it. */
+static int op_begin(rs_sched *s, rs_op *op) {
   op->fiber = rb_fiber_current();
   op->waiting = 1;
   int ret = op_submit(s, op);
-  if (ret < 0) {
-    rs_op_release(s, op);
-    return ret;
-  }
-  if (s->backend.ops->flush) s->backend.ops->flush(&s->backend);
-  return 0;
+  if (ret < 0) rs_op_release(s, op);
+  return ret;
+}
+
+int rs_op_start(rs_sched *s, rs_op *op) {
+  int ret = op_begin(s, op);
+  if (ret == 0 && s->backend.ops->flush) s->backend.ops->flush(&s->backend);
+  return ret;
 }
 
 int rs_op_await(rs_sched *s, rs_op *op) {
-  op->fiber = rb_fiber_current();
-  op->waiting = 1;
-  int ret = op_submit(s, op);
-  if (ret < 0) {
-    rs_op_release(s, op);
-    return ret;
-  }
-  return rs_op_wait(s, op);
+  int ret = op_begin(s, op);
+  return ret < 0 ? ret : rs_op_wait(s, op);
 }
 
 int rs_op_wait(rs_sched *s, rs_op *op) {
@@ -610,14 +607,10 @@ static ID backend_choice(VALUE want) {
 }
 
 static VALUE sched_initialize(int argc, VALUE *argv, VALUE self) {
-  VALUE opts, want = Qnil;
+  VALUE opts;
   rb_scan_args(argc, argv, ":", &opts);
-  if (!NIL_P(opts)) {
-    ID keys[1] = {rb_intern("backend")};
-    VALUE vals[1];
-    rb_get_kwargs(opts, keys, 0, 1, vals);
-    if (vals[0] != Qundef) want = vals[0];
-  }
+  VALUE want = rs_kwarg(opts, "backend");
+  if (want == Qundef) want = Qnil;
   if (!NIL_P(want)) Check_Type(want, T_SYMBOL);
   sched_wrap *w = rb_check_typeddata(self, &sched_type);
   rs_sched *s = &w->s;

@@ -242,15 +242,11 @@ static VALUE io_s_double_splice(int argc, VALUE *argv, VALUE klass) {
   VALUE src, dest, opts;
   rb_scan_args(argc, argv, "2:", &src, &dest, &opts);
   size_t chunk = 65536;
-  if (!NIL_P(opts)) {
-    ID keys[1] = {rb_intern("chunk_size")};
-    VALUE vals[1];
-    rb_get_kwargs(opts, keys, 0, 1, vals);
-    if (vals[0] != Qundef) {
-      long c = NUM2LONG(vals[0]);
-      if (c <= 0) rb_raise(rb_eArgError, "chunk_size must be positive");
-      chunk = (size_t)c > RS_SPLICE_MAX_CHUNK ? RS_SPLICE_MAX_CHUNK : (size_t)c;
-    }
+  VALUE vchunk = rs_kwarg(opts, "chunk_size");
+  if (vchunk != Qundef) {
+    long c = NUM2LONG(vchunk);
+    if (c <= 0) rb_raise(rb_eArgError, "chunk_size must be positive");
+    chunk = (size_t)c > RS_SPLICE_MAX_CHUNK ? RS_SPLICE_MAX_CHUNK : (size_t)c;
   }
   rs_end in = rs_end_of(src, RS_SIDE_READ, "double_splice"), out = rs_end_of(dest, RS_SIDE_WRITE, "double_splice");
   dsplice d = {.src = in.fd, .dst = out.fd, .pipe_r = -1, .pipe_w = -1, .chunk = chunk};
