@@ -19,6 +19,7 @@
 static VALUE eParseError;
 
 typedef struct chunk_out {
+  VALUE src_obj;
   rs_end in, out;
   int pipe[2];
   size_t maxlen;
@@ -34,10 +35,26 @@ static VALUE close_pipe_fds(VALUE p) {
   return Qnil;
 }
 
+/* Bytes Ruby already buffered for src go out as the first chunk. */
+static void buffered_chunk(chunk_out *c, bool *first) {
+  const char *data;
+  VALUE io = rs_io_end_io(c->src_obj, RS_SIDE_READ);
+  long n = io == Qundef ? 0 : rs_io_buffered(io, &data);
+  if (n <= 0) return;
+  char hdr[32];
+  size_t hl = rs_chunk_header(hdr, (uint64_t)n, *first);
+  rs_write_all_direct(c->out.fd, hdr, hl, true, "http1_splice_chunked");
+  rs_write_all_direct(c->out.fd, data, (size_t)n, true, "http1_splice_chunked");
+  rs_io_consume(io, n);
+  c->total += n;
+  *first = false;
+}
+
 static VALUE chunked_body(VALUE p) {
   chunk_out *c = (chunk_out *)p;
   char hdr[32];
   bool first = true;
+  buffered_chunk(c, &first);
   for (;;) {
     long n = rs_splice_some(c->in.fd, c->pipe[1], c->maxlen, "http1_splice_chunked");
     if (n == 0) break;
@@ -60,7 +77,7 @@ static VALUE io_s_http1_splice_chunked(int argc, VALUE *argv, VALUE klass) {
   long maxlen = NIL_P(vmax) ? 65536 : NUM2LONG(vmax);
   if (maxlen <= 0) rb_raise(rb_eArgError, "maxlen must be positive");
   if (maxlen > (1L << 30)) maxlen = 1L << 30;
-  chunk_out c = {.maxlen = (size_t)maxlen, .pipe = {-1, -1}};
+  chunk_out c = {.src_obj = src, .maxlen = (size_t)maxlen, .pipe = {-1, -1}};
   c.in = rs_end_of(src, RS_SIDE_READ, "http1_splice_chunked");
   c.out = rs_end_of(dest, RS_SIDE_WRITE, "http1_splice_chunked");
   int ret = rs_pipe_open(c.pipe, c.maxlen, NULL);

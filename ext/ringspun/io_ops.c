@@ -126,13 +126,39 @@ static VALUE delegated_io(VALUE obj) {
   return RB_TYPE_P(target, T_FILE) ? target : Qnil;
 }
 
-int rs_io_end_fd(VALUE obj, int side) {
-  if (RB_INTEGER_TYPE_P(obj) || RB_TYPE_P(obj, T_FILE)) return rs_io_fd(obj);
+VALUE rs_io_end_io(VALUE obj, int side) {
+  if (RB_INTEGER_TYPE_P(obj)) return Qnil;
+  if (RB_TYPE_P(obj, T_FILE)) return obj;
   VALUE inner = delegated_io(obj);
-  if (!NIL_P(inner)) return rs_io_fd(inner);
+  if (!NIL_P(inner)) return inner;
   VALUE cPipe = pipe_class();
   if (!NIL_P(cPipe) && rb_obj_is_kind_of(obj, cPipe))
-    return rs_io_fd(rb_funcall(obj, side == RS_SIDE_READ ? id_read_io : id_write_io, 0));
+    return rb_funcall(obj, side == RS_SIDE_READ ? id_read_io : id_write_io, 0);
+  return Qundef;
+}
+
+long rs_io_buffered(VALUE io, const char **data) {
+  if (NIL_P(io) || !RB_TYPE_P(io, T_FILE)) return 0;
+  rb_io_t *fptr = RFILE(io)->fptr;
+  if (!fptr || fptr->rbuf.len <= 0) return 0;
+  *data = fptr->rbuf.ptr + fptr->rbuf.off;
+  return fptr->rbuf.len;
+}
+
+void rs_io_consume(VALUE io, long n) {
+  rb_io_t *fptr = RFILE(io)->fptr;
+  fptr->rbuf.off += (int)n;
+  fptr->rbuf.len -= (int)n;
+}
+
+int rs_io_end_fd(VALUE obj, int side) {
+  VALUE io = rs_io_end_io(obj, side);
+  if (io != Qundef) {
+    int fd = rs_io_fd(NIL_P(io) ? obj : io);
+    /* What Ruby still buffers for this IO goes out before our bytes do. */
+    if (side == RS_SIDE_WRITE && !NIL_P(io) && RFILE(io)->fptr->wbuf.len > 0) rb_io_flush(io);
+    return fd;
+  }
   if (rb_respond_to(obj, id_to_io))
     rb_raise(rb_eArgError,
              "%" PRIsVALUE " wraps another IO: splicing would bypass it (and TLS); pass the object to a "
@@ -292,6 +318,27 @@ ssize_t rs_pending_finish(rs_pending *p) {
   /* A short write: the rest goes out now. */
   ssize_t rest = write_all(p->fd, p->buf + n, p->len - (size_t)n);
   return rest < 0 ? rest : (ssize_t)p->len;
+}
+
+static VALUE wait_value(VALUE p) {
+  rs_pending *pd = (rs_pending *)p;
+  rs_op *op = pd->op;
+  pd->op = NULL;
+  return LONG2NUM(rs_op_wait(pd->s, op));
+}
+
+ssize_t rs_pending_drain(rs_pending *p) {
+  p->active = false;
+  if (!p->op) return 0;
+  rs_op_cancel(p->s, p->op);
+  int state = 0;
+  VALUE n = rb_protect(wait_value, (VALUE)p, &state);
+  if (state) {
+    rb_set_errinfo(Qnil);
+    return -EINTR; /* the op keeps its block until its completion */
+  }
+  p->op_owns_block = false;
+  return NUM2LONG(n);
 }
 
 void rs_pending_cleanup(rs_pending *p) {

@@ -26,15 +26,6 @@ static void deliver(loop_args *a, VALUE chunk) {
   else rb_funcall_with_block(a->receiver, a->method, 1, &chunk, a->block);
 }
 
-/* Bytes Ruby already buffered for this IO come first. */
-static void deliver_buffered(loop_args *a, rb_io_t *fptr) {
-  if (fptr->rbuf.len <= 0) return;
-  VALUE chunk = rb_str_new(fptr->rbuf.ptr + fptr->rbuf.off, fptr->rbuf.len);
-  fptr->rbuf.off += fptr->rbuf.len;
-  fptr->rbuf.len = 0;
-  deliver(a, chunk);
-}
-
 static VALUE loop_body(VALUE p) {
   loop_args *a = (loop_args *)p;
   for (;;) {
@@ -58,8 +49,8 @@ static VALUE run_loop(loop_args *a, long maxlen) {
   rb_io_t *fptr;
   GetOpenFile(a->io, fptr);
   rb_io_check_readable(fptr);
-  deliver_buffered(a, fptr);
   rs_reader_init(&a->r, fptr->fd, (size_t)maxlen);
+  rs_reader_set_io(&a->r, a->io); /* what Ruby buffered comes first */
   a->reader_ready = true;
   if (a->multishot) rs_reader_allow_multishot(&a->r);
   rb_ensure(loop_body, (VALUE)a, loop_ensure, (VALUE)a);

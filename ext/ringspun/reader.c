@@ -22,6 +22,7 @@ static void start(rs_reader *r) {
 void rs_reader_init(rs_reader *r, int fd, size_t chunk) {
   memset(r, 0, sizeof(*r));
   r->fd = fd;
+  r->io = Qnil;
   r->chunk = chunk == 0 || chunk > RS_BLOCK_SIZE ? RS_BLOCK_SIZE : chunk;
   r->pool = rs_current_pool();
   if (!r->pool) rb_raise(rb_eNoMemError, "ringspun: cannot allocate a buffer pool");
@@ -134,8 +135,28 @@ static VALUE take_back_multishot(rs_reader *r) {
 
 /* ---- plain reads ---------------------------------------------------------------- */
 
+void rs_reader_set_io(rs_reader *r, VALUE io) { r->io = io; }
+
+/* Bytes Ruby buffered for the IO, copied into a block: they come first. */
+static ssize_t next_buffered(rs_reader *r, const char **data) {
+  const char *buf;
+  long n = rs_io_buffered(r->io, &buf);
+  if (n <= 0) return 0;
+  if ((size_t)n > r->chunk) n = (long)r->chunk;
+  char *dst = r->block[r->cur];
+  memcpy(dst, buf, (size_t)n);
+  rs_io_consume(r->io, n);
+  *data = dst;
+  r->cur ^= 1;
+  return n;
+}
+
 ssize_t rs_reader_next(rs_reader *r, const char **data) {
   if (r->eof) return 0;
+  if (!r->pend.active && !r->ms_op) {
+    ssize_t b = next_buffered(r, data);
+    if (b > 0) return b;
+  }
   if (r->ms) {
     ssize_t n = next_multishot(r, data);
     if (n == 0) r->eof = true;
@@ -153,8 +174,6 @@ ssize_t rs_reader_next(rs_reader *r, const char **data) {
   return n;
 }
 
-static VALUE finish_value(VALUE p) { return LONG2NUM(rs_pending_finish((rs_pending *)p)); }
-
 static VALUE take_back_value(VALUE p) { return take_back_multishot((rs_reader *)p); }
 
 void rs_reader_cleanup(rs_reader *r, VALUE io) {
@@ -169,12 +188,10 @@ void rs_reader_cleanup(rs_reader *r, VALUE io) {
   /* A read-ahead that already took bytes from the fd must not lose them:
    * wait for it (cancelled if still waiting), and give its bytes back to
    * the IO's read buffer so the next IO#read sees them. */
-  if (r->pend.active && r->pend.op && !NIL_P(io)) {
-    rs_op_cancel(r->pend.s, r->pend.op);
-    int state = 0;
-    VALUE n = rb_protect(finish_value, (VALUE)&r->pend, &state);
-    if (!state && NUM2LONG(n) > 0) rb_funcall(io, id_ungetbyte, 1, rb_str_new(r->pend.buf, NUM2LONG(n)));
-    if (state) rb_set_errinfo(Qnil);
+  if (r->pend.active && r->pend.op) {
+    /* Wait for it (cancelled if still waiting): nothing stays pending. */
+    ssize_t n = rs_pending_drain(&r->pend);
+    if (n > 0 && !NIL_P(io)) rb_funcall(io, id_ungetbyte, 1, rb_str_new(r->pend.buf, n));
   }
   void *kept = NULL;
   if (r->pend.op) {

@@ -249,6 +249,13 @@ enum { RS_SIDE_READ = 0, RS_SIDE_WRITE = 1 };
  * another IO (OpenSSL::SSL::SSLSocket) raises ArgumentError: splicing under
  * it would bypass TLS. */
 int rs_io_end_fd(VALUE obj, int side);
+/* The Ruby IO behind a primitive's argument: the IO itself, a Pipe's end,
+ * a Delegator's IO; Qnil for an Integer fd, Qundef for anything else. */
+VALUE rs_io_end_io(VALUE obj, int side);
+/* Bytes Ruby already read into io's buffer (0 when none or io is not an
+ * IO); a primitive moves them before it reads the fd itself. */
+long rs_io_buffered(VALUE io, const char **data);
+void rs_io_consume(VALUE io, long n);
 /* Wait for readiness; returns revents (> 0), 0 on timeout, -errno. */
 int rs_io_wait_fd(int fd, short events, int64_t timeout_ns);
 /* One read/write of up to len bytes, waiting for readiness as needed.
@@ -288,6 +295,10 @@ ssize_t rs_pending_finish(rs_pending *p);
 void rs_pending_cleanup(rs_pending *p);
 /* The pool for the current fiber: its scheduler's, or the thread's. */
 rs_buf_pool *rs_current_pool(void);
+/* Cancels an operation still in flight and waits for its completion, so
+ * nothing is left pending; returns its result (a read may have taken
+ * bytes: they are in p->buf). Never raises. */
+ssize_t rs_pending_drain(rs_pending *p);
 
 /* ---- splice helpers (splice.c) ------------------------------------------ */
 
@@ -306,6 +317,9 @@ long rs_splice_some(int in, int out, size_t len, const char *call);
 /* Splices exactly len bytes (the caller knows they are there). */
 void rs_splice_exactly(int in, int out, size_t len, const char *call);
 NORETURN(void rs_raise_side(const char *call, int err, const char *side));
+/* Writes the bytes Ruby already buffered for src (at most max) to out;
+ * returns how many. */
+int64_t rs_move_buffered(VALUE src, int out, size_t max, const char *call);
 /* Writes all of buf with write(2)/send(2), waiting for readiness as needed;
  * `more` hints that more data follows (MSG_MORE on sockets). */
 void rs_write_all_direct(int fd, const void *buf, size_t len, bool more, const char *call);
@@ -320,6 +334,7 @@ typedef struct rs_reader {
   int cur;
   rs_pending pend;
   bool eof;
+  VALUE io;            /* the Ruby IO read from, for bytes it buffered; or Qnil */
   /* multishot receive (sockets under io_uring, when the kernel has it) */
   rs_sched *ms;
   rs_op *ms_op;
@@ -329,6 +344,8 @@ typedef struct rs_reader {
 } rs_reader;
 
 void rs_reader_init(rs_reader *r, int fd, size_t chunk);
+/* Bytes the Ruby IO `io` already buffered come first. */
+void rs_reader_set_io(rs_reader *r, VALUE io);
 /* Lets the reader use multishot receive when fd is a socket and the
  * scheduler's backend supports it. */
 void rs_reader_allow_multishot(rs_reader *r);

@@ -126,15 +126,31 @@ static long check_len(VALUE maxlen) {
   return len;
 }
 
+/* Bytes Ruby already read into src's buffer precede the fd's: they are
+ * written to out first. Returns how many. */
+int64_t rs_move_buffered(VALUE src, int out, size_t max, const char *call) {
+  VALUE io = rs_io_end_io(src, RS_SIDE_READ);
+  const char *data;
+  long n = io == Qundef ? 0 : rs_io_buffered(io, &data);
+  if (n <= 0) return 0;
+  if ((size_t)n > max) n = (long)max;
+  rs_write_all_direct(out, data, (size_t)n, false, call);
+  rs_io_consume(io, n);
+  return n;
+}
+
 /* ---- IO.splice / IO.tee ---------------------------------------------------------------- */
 
 static VALUE io_s_splice(VALUE klass, VALUE src, VALUE dest, VALUE maxlen) {
   long len = check_len(maxlen);
   rs_end in = rs_end_of(src, RS_SIDE_READ, "splice"), out = rs_end_of(dest, RS_SIDE_WRITE, "splice");
   if (!in.is_pipe && !out.is_pipe) rs_raise_errno(EINVAL, "splice: neither src nor dest is a pipe");
-  if (len > 0) return LONG2NUM(move_once(RS_OP_SPLICE, in.fd, out.fd, (size_t)len));
+  if (len > 0) {
+    int64_t b = rs_move_buffered(src, out.fd, (size_t)len, "splice");
+    return LONG2NUM(b > 0 ? b : move_once(RS_OP_SPLICE, in.fd, out.fd, (size_t)len));
+  }
   size_t chunk = len == LONG_MIN ? RS_SPLICE_MAX_CHUNK : (size_t)-len;
-  int64_t total = 0;
+  int64_t total = rs_move_buffered(src, out.fd, SIZE_MAX, "splice");
   for (;;) {
     long n = move_once(RS_OP_SPLICE, in.fd, out.fd, chunk);
     if (n == 0) return LL2NUM(total);
@@ -250,6 +266,7 @@ static VALUE io_s_double_splice(int argc, VALUE *argv, VALUE klass) {
   }
   rs_end in = rs_end_of(src, RS_SIDE_READ, "double_splice"), out = rs_end_of(dest, RS_SIDE_WRITE, "double_splice");
   dsplice d = {.src = in.fd, .dst = out.fd, .pipe_r = -1, .pipe_w = -1, .chunk = chunk};
+  d.total = rs_move_buffered(src, out.fd, SIZE_MAX, "double_splice");
   int ret = open_pipe(&d);
   if (ret < 0) rs_raise_errno(-ret, "double_splice: pipe2");
   rb_ensure(dsplice_run, (VALUE)&d, close_pipe, (VALUE)&d);

@@ -294,14 +294,11 @@ static void release_block(zjob *j, void *block, void *kept) {
 static VALUE zjob_cleanup(VALUE p) {
   zjob *j = (zjob *)p;
   if (j->rd_ready) rs_reader_cleanup(&j->rd, Qnil);
-  /* A block an in-flight write still holds goes back when it completes. */
+  /* A write still in flight: wait for it, so nothing is left pending. If
+   * that wait is interrupted, the op keeps its block until it completes. */
+  if (j->wr.op) rs_pending_drain(&j->wr);
   void *kept_wr = j->wr.op_owns_block ? j->wr.block : NULL;
   j->wr.block = NULL;
-  if (j->wr.op) {
-    rs_op *op = j->wr.op;
-    j->wr.op = NULL;
-    rs_op_release(j->wr.s, op);
-  }
   for (int i = 0; i < 2; i++) release_block(j, j->out_block[i], kept_wr);
   release_block(j, j->name_buf, NULL);
   release_block(j, j->comment_buf, NULL);
@@ -366,6 +363,8 @@ static void take_blocks(zjob *j) {
   if (j->src_kind == SRC_FD) {
     rs_reader_init(&j->rd, j->src_fd, RS_BLOCK_SIZE);
     j->rd_ready = true;
+    VALUE io = rs_io_end_io(j->src_obj, RS_SIDE_READ);
+    rs_reader_set_io(&j->rd, io == Qundef ? Qnil : io);
   }
 }
 
