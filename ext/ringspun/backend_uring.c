@@ -71,8 +71,11 @@ static void probe_features(rs_backend *b) {
 static int setup_ring(struct io_uring *ring) {
   /* Newer setup flags make the ring cheaper; each is refused with EINVAL by
    * kernels that predate it, so step down until one is accepted. */
+  /* COOP_TASKRUN (5.19) defers completion work to our next kernel entry;
+   * TASKRUN_FLAG makes the ring say when such work waits, so liburing
+   * enters the kernel for it even when there is nothing to submit. */
   static const unsigned flag_sets[] = {
-      IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN,
+      IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
       IORING_SETUP_SUBMIT_ALL,
       0,
   };
