@@ -77,6 +77,8 @@ module Http1Contract
   end
 
   def curl(*args)
+    skip "curl is not installed" unless SP.which("curl")
+
     out, err, status = SP.run_child(["curl", "-sS", "--max-time", "20", *args])
     assert_predicate status, :success?, "curl #{args.join(' ')}: #{err}"
     out.b
@@ -517,6 +519,19 @@ module Http1Contract
         assert_equal "hello#{'z' * 26}", dest
       end
       assert_no_pending_operations
+    end
+  end
+
+  def test_a_reset_connection_raises_econnreset_naming_src
+    in_mode do
+      SP.with_pair(:tcp) do |r, w|
+        w.write("5\r\nhello\r\n3\r\nab")
+        w.setsockopt(Socket::SOL_SOCKET, Socket::SO_LINGER, [1, 0].pack("ii"))
+        w.close
+        e = assert_raises(Errno::ECONNRESET) { IO.http1_splice_unchunked(r, +"".b) }
+        assert_includes e.message, "http1_splice_unchunked: src"
+        assert_no_pending_operations
+      end
     end
   end
 

@@ -99,30 +99,18 @@ module LoopsContract
         end
       end
 
-      define_method("test_#{meth}_over_#{kind}_honours_a_small_maxlen") do
-        src = SP.bytes(50_000, 12)
+      define_method("test_#{meth}_over_#{kind}_honours_a_small_maxlen_down_to_1") do
         in_mode do
-          SP.with_pair(kind) do |r, w|
-            writer = go { SP.trickle(w, src, [333, 4096, 1, 10_000, 77]) }
-            chunks = []
-            loop_over(r, meth, 1000) { |c| chunks << c }
-            writer.value
-            assert_chunks chunks, src, 1000
-            assert_operator chunks.size, :>=, 50, "50,000 bytes in chunks of at most 1,000"
-          end
-        end
-      end
-
-      define_method("test_#{meth}_over_#{kind}_with_maxlen_1_yields_single_bytes") do
-        src = SP.bytes(3000, 13)
-        in_mode do
-          SP.with_pair(kind) do |r, w|
-            writer = go { SP.trickle(w, src, [1, 500, 7, 1024]) }
-            chunks = []
-            loop_over(r, meth, 1) { |c| chunks << c }
-            writer.value
-            assert_equal 3000, chunks.size
-            assert_chunks chunks, src, 1
+          [[1000, 50_000, [333, 4096, 1, 10_000, 77]], [1, 3000, [1, 500, 7, 1024]]].each do |maxlen, size, pieces|
+            src = SP.bytes(size, 12 + maxlen)
+            SP.with_pair(kind) do |r, w|
+              writer = go { SP.trickle(w, src, pieces) }
+              chunks = []
+              loop_over(r, meth, maxlen) { |c| chunks << c }
+              writer.value
+              assert_operator chunks.size, :>=, size / maxlen, "#{size} bytes in chunks of at most #{maxlen}"
+              assert_chunks chunks, src, maxlen
+            end
           end
         end
       end
@@ -263,6 +251,31 @@ module LoopsContract
     end
   end
 
+  # Timeout interrupts a loop that waits for data: it raises Timeout::Error,
+  # leaves nothing in flight, and loses no byte written afterwards.
+  LOOPS.each do |kind, meths|
+    meths.each do |meth|
+      define_method("test_#{meth}_over_#{kind}_interrupted_by_timeout_loses_no_byte") do
+        first = SP.bytes(1000, 26)
+        later = SP.bytes(90_000, 27)
+        in_mode do
+          SP.with_pair(kind) do |r, w|
+            w.write(first)
+            got = +"".b
+            assert_raises(Timeout::Error) do
+              Timeout.timeout(0.05) { loop_over(r, meth) { |c| got << c } }
+            end
+            assert_no_pending_operations "an operation left in flight after Timeout"
+            assert_same_bytes first, got
+            writer = go { SP.trickle(w, later, [4096, 50_000], pause: 0.001) }
+            assert_same_bytes later, rest_of(r), "bytes written after the timeout"
+            writer.value
+          end
+        end
+      end
+    end
+  end
+
   def test_maxlen_must_be_positive
     in_mode do
       SP.with_pair(:unix) do |r, _w|
@@ -348,7 +361,7 @@ module LoopsContract
   # ---- GC pressure and compaction ------------------------------------------------------
 
   def test_loops_under_gc_stress_and_compaction
-    src = SP.bytes(9000, 23)
+    src = SP.bytes(6000, 23)
     in_mode do
       %i[read_loop recv_loop feed_loop].each do |meth|
         SP.with_pair(:unix) do |r, w|
@@ -449,7 +462,7 @@ module LoopsContract
   end
 
   # The buffer ring is shared and bounded. One consumer sleeps in its
-  # block (half a second) while its peer floods it with 8 MiB, more than
+  # block (0.4 s) while its peer floods it with 8 MiB, more than
   # the ring holds; meanwhile another loop receives 100 KB. Returns the
   # other loop's [seconds, CPU seconds of the process meanwhile].
   def with_a_slow_neighbour
@@ -466,7 +479,7 @@ module LoopsContract
               slow_got << c
               if first
                 first = false
-                sleep 0.5
+                sleep 0.4
               end
             end
           end
@@ -492,7 +505,7 @@ module LoopsContract
 
   def test_a_slow_consumer_does_not_stall_another_loop
     took, = with_a_slow_neighbour
-    assert_operator took, :<, 0.25, "seconds the other loop took to receive 100 KB while a neighbour sleeps 0.5 s"
+    assert_operator took, :<, 0.25, "seconds the other loop took to receive 100 KB while a neighbour sleeps 0.4 s"
   end
 
   def test_nothing_spins_while_a_consumer_sleeps

@@ -747,6 +747,21 @@ module MsgpackContract
     end
   end
 
+  def test_a_reset_connection_raises_econnreset_after_the_whole_objects
+    in_mode do
+      SP.with_pair(:tcp) do |r, w|
+        w.write(MP.pack([1, 2]) + MP.pack("three") + MP.pack("four").byteslice(0, 2))
+        w.setsockopt(Socket::SOL_SOCKET, Socket::SO_LINGER, [1, 0].pack("ii"))
+        w.close
+        got = []
+        e = assert_raises(Errno::ECONNRESET) { r.msgpack_each { |o| got << o } }
+        assert_includes e.message, "msgpack_each"
+        assert_objects [[1, 2], "three"], got
+        assert_no_pending_operations
+      end
+    end
+  end
+
   # ---- options, enumerator, buffered bytes -----------------------------------------------
 
   def test_stream_options_symbolize_keys_freeze_allow_unknown_ext
