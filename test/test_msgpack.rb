@@ -299,14 +299,29 @@ class TestMsgpackCodec < RingspunTest::Case
     assert_strict "café", MP.unpack(MP.pack(latin1))
   end
 
-  def test_deep_nesting_round_trips_like_the_gem
+  # msgpack-c parses with a fixed stack of 32 containers: up to that depth
+  # ours round-trips like the gem; deeper, pack and unpack both raise
+  # StackError (never "malformed", for valid data).
+  def nest(levels)
     deep = 1
-    100.times { deep = [deep] }
-    deep = { "deep" => deep }
+    (levels - 1).times { deep = [deep] }
+    { "deep" => deep }
+  end
+
+  def test_nesting_round_trips_like_the_gem_up_to_msgpack_c_limit
+    deep = nest(32)
     packed = MP.pack(deep)
     assert packed == MessagePack.pack(deep), "ours and the gem's bytes"
     assert_strict deep, MessagePack.unpack(packed), "the gem decoding ours"
-    assert_strict deep, MP.unpack(packed), "ours decoding a 102-level nest"
+    assert_strict deep, MP.unpack(packed), "ours decoding a 32-level nest"
+  end
+
+  def test_deeper_nesting_raises_stack_error_both_ways
+    deep = nest(33)
+    assert_raises(MP::StackError) { MP.pack(deep) }
+    e = assert_raises(MP::StackError) { MP.unpack(MessagePack.pack(deep)) }
+    assert_kind_of MP::UnpackError, e
+    assert_match(/32 levels/, e.message)
   end
 
   # ---- unpack errors ----------------------------------------------------------------

@@ -8,12 +8,15 @@
  * are strings become deduplicated frozen strings, as the msgpack gem does. */
 #include "ringspun.h"
 #include <msgpack.h>
+#include <msgpack/unpack_define.h>
 #include <ruby/encoding.h>
 #include <ruby/io.h>
 
-#define RS_PACK_MAX_DEPTH 512
+/* msgpack-c's parser keeps a fixed stack of MSGPACK_EMBED_STACK_SIZE (32, unpack_define.h)
+ * containers; pack refuses what unpack could not read back. */
+#define RS_MAX_DEPTH MSGPACK_EMBED_STACK_SIZE
 
-static VALUE mMessagePack, cExtensionValue, eMalformed, eUnknownExt;
+static VALUE mMessagePack, cExtensionValue, eMalformed, eUnknownExt, eStackError;
 static ID id_type, id_payload;
 
 typedef struct mp_opts {
@@ -94,21 +97,33 @@ static void raise_malformed(uint64_t offset) {
   rb_raise(eMalformed, "malformed MessagePack data at byte offset %llu", (unsigned long long)offset);
 }
 
+NORETURN(static void raise_parse(int ret, uint64_t offset));
+static void raise_parse(int ret, uint64_t offset) {
+  if (ret == MSGPACK_UNPACK_NOMEM_ERROR)
+    rb_raise(eStackError, "MessagePack nested deeper than %d levels (msgpack-c's limit) at byte offset %llu",
+             RS_MAX_DEPTH, (unsigned long long)offset);
+  raise_malformed(offset);
+}
+
+/* The next complete message in the buffer, or false. */
+static bool next_message(mp_stream *m, VALUE *out) {
+  int ret = msgpack_unpacker_execute(&m->u);
+  if (ret == 0) return false;
+  if (ret < 0) raise_parse(ret, m->done_bytes + msgpack_unpacker_parsed_size(&m->u));
+  msgpack_object obj = msgpack_unpacker_data(&m->u);
+  m->done_bytes += msgpack_unpacker_parsed_size(&m->u);
+  *out = to_ruby(&obj, &m->opts, false);
+  /* The zone's chunks are kept and reused for the next message. msgpack-c
+   * 4 creates the zone only once a message needs one. */
+  if (m->u.z) msgpack_unpacker_reset_zone(&m->u);
+  msgpack_unpacker_reset(&m->u);
+  return true;
+}
+
 /* Yields every complete message in the buffer. */
 static void drain(mp_stream *m) {
-  for (;;) {
-    int ret = msgpack_unpacker_execute(&m->u);
-    if (ret == 0) return;
-    if (ret < 0) raise_malformed(m->done_bytes + msgpack_unpacker_parsed_size(&m->u));
-    msgpack_object obj = msgpack_unpacker_data(&m->u);
-    m->done_bytes += msgpack_unpacker_parsed_size(&m->u);
-    VALUE v = to_ruby(&obj, &m->opts, false);
-    /* The zone's chunks are kept and reused for the next message. msgpack-c
-     * 4 creates the zone only once a message needs one. */
-    if (m->u.z) msgpack_unpacker_reset_zone(&m->u);
-    msgpack_unpacker_reset(&m->u);
-    rb_yield(v);
-  }
+  VALUE v;
+  while (next_message(m, &v)) rb_yield(v);
 }
 
 static VALUE stream_body(VALUE p) {
@@ -170,39 +185,33 @@ static VALUE io_msgpack_each_native(int argc, VALUE *argv, VALUE self) {
 
 /* ---- unpack a String ------------------------------------------------------------------ */
 
-typedef struct mp_one {
-  msgpack_unpacked result;
-  VALUE str;
-  mp_opts opts;
-} mp_one;
-
 static VALUE unpack_body(VALUE p) {
-  mp_one *o = (mp_one *)p;
-  size_t off = 0;
-  const char *buf = RSTRING_PTR(o->str);
-  size_t len = (size_t)RSTRING_LEN(o->str);
-  msgpack_unpack_return ret = msgpack_unpack_next(&o->result, buf, len, &off);
-  if (ret == MSGPACK_UNPACK_CONTINUE) rb_raise(rb_eEOFError, "end of input inside a MessagePack object");
-  if (ret < 0) raise_malformed(off);
-  if (off != len) rb_raise(eMalformed, "%zu extra bytes after the deserialized object", len - off);
-  return to_ruby(&o->result.data, &o->opts, false);
+  mp_stream *m = (mp_stream *)p;
+  VALUE str = m->io;
+  feed(m, RSTRING_PTR(str), (size_t)RSTRING_LEN(str));
+  VALUE v;
+  if (!next_message(m, &v)) rb_raise(rb_eEOFError, "end of input inside a MessagePack object");
+  uint64_t extra = (uint64_t)RSTRING_LEN(str) - m->done_bytes;
+  if (extra) rb_raise(eMalformed, "%llu extra bytes after the deserialized object", (unsigned long long)extra);
+  return v;
 }
 
 static VALUE unpack_ensure(VALUE p) {
-  msgpack_unpacked_destroy(&((mp_one *)p)->result);
+  msgpack_unpacker_destroy(&((mp_stream *)p)->u);
   return Qnil;
 }
 
 static VALUE mp_unpack(int argc, VALUE *argv, VALUE self) {
   VALUE str, opts;
   rb_scan_args(argc, argv, "1:", &str, &opts);
-  mp_one o;
   StringValue(str);
-  o.str = rb_str_new_frozen(str);
-  o.opts = parse_opts(opts);
-  msgpack_unpacked_init(&o.result);
-  VALUE v = rb_ensure(unpack_body, (VALUE)&o, unpack_ensure, (VALUE)&o);
-  RB_GC_GUARD(o.str);
+  mp_stream m;
+  memset(&m, 0, sizeof(m));
+  m.opts = parse_opts(opts);
+  m.io = rb_str_new_frozen(str); /* the input, here */
+  if (!msgpack_unpacker_init(&m.u, (size_t)RSTRING_LEN(str) + 16)) rb_raise(rb_eNoMemError, "unpack: cannot allocate");
+  VALUE v = rb_ensure(unpack_body, (VALUE)&m, unpack_ensure, (VALUE)&m);
+  RB_GC_GUARD(m.io);
   return v;
 }
 
@@ -236,10 +245,19 @@ static void pack_string(msgpack_packer *pk, VALUE v) {
   const char *p = RSTRING_PTR(v);
   size_t n = (size_t)RSTRING_LEN(v);
   if (n > 0xffffffffUL) rb_raise(rb_eRangeError, "String too long for MessagePack");
-  if (rb_enc_get_index(v) == rb_ascii8bit_encindex()) {
+  int enc = rb_enc_get_index(v);
+  if (enc == rb_ascii8bit_encindex()) {
     msgpack_pack_bin(pk, n);
     msgpack_pack_bin_body(pk, p, n);
-  } else {
+    return;
+  }
+  if (enc != rb_utf8_encindex() && !(enc == rb_usascii_encindex() || rb_enc_str_asciionly_p(v))) {
+    /* str is UTF-8 by definition: transcode, as the msgpack gem does. */
+    v = rb_str_encode(v, rb_enc_from_encoding(rb_utf8_encoding()), 0, Qnil);
+    pack_string(pk, v);
+    return;
+  }
+  {
     msgpack_pack_str(pk, n);
     msgpack_pack_str_body(pk, p, n);
   }
@@ -257,8 +275,12 @@ static int pack_pair(VALUE key, VALUE val, VALUE p) {
   return ST_CONTINUE;
 }
 
+static void check_depth(int depth) {
+  if (depth >= RS_MAX_DEPTH)
+    rb_raise(eStackError, "MessagePack nested deeper than %d levels (msgpack-c's limit)", RS_MAX_DEPTH);
+}
+
 static void pack_value(msgpack_packer *pk, VALUE v, int depth) {
-  if (depth > RS_PACK_MAX_DEPTH) rb_raise(rb_eArgError, "MessagePack: nested too deeply (over %d levels)", RS_PACK_MAX_DEPTH);
   switch (rb_type(v)) {
   case T_NIL: msgpack_pack_nil(pk); return;
   case T_TRUE: msgpack_pack_true(pk); return;
@@ -269,12 +291,14 @@ static void pack_value(msgpack_packer *pk, VALUE v, int depth) {
   case T_STRING: pack_string(pk, v); return;
   case T_SYMBOL: pack_string(pk, rb_sym2str(v)); return;
   case T_ARRAY: {
+    check_depth(depth);
     long n = RARRAY_LEN(v);
     msgpack_pack_array(pk, (size_t)n);
     for (long i = 0; i < RARRAY_LEN(v) && i < n; i++) pack_value(pk, RARRAY_AREF(v, i), depth + 1);
     return;
   }
   case T_HASH: {
+    check_depth(depth);
     msgpack_pack_map(pk, (size_t)RHASH_SIZE(v));
     pack_ctx c = {pk, depth + 1};
     rb_hash_foreach(v, pack_pair, (VALUE)&c);
@@ -311,6 +335,7 @@ void rs_init_msgpack(VALUE mRingspun) {
   VALUE eUnpack = rb_define_class_under(mMessagePack, "UnpackError", rb_eStandardError);
   eMalformed = rb_define_class_under(mMessagePack, "MalformedFormatError", eUnpack);
   eUnknownExt = rb_define_class_under(mMessagePack, "UnknownExtTypeError", eUnpack);
+  eStackError = rb_define_class_under(mMessagePack, "StackError", eUnpack);
   cExtensionValue = rb_struct_define_under(mMessagePack, "ExtensionValue", "type", "payload", NULL);
   id_type = rb_intern("type");
   id_payload = rb_intern("payload");

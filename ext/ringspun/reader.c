@@ -83,7 +83,7 @@ static void next_completion(rs_reader *r, int *res, uint32_t *flags) {
       q->head = (q->head + 1) % RS_MSQ_CAP;
       q->len--;
       if (!(*flags & IORING_CQE_F_MORE)) disarm(r);
-      if (*res == -ENOBUFS) continue;
+      if (*res == -ECANCELED) continue; /* paused for holding too many buffers */
       return;
     }
     rs_op_park_news(r->ms, r->ms_op);
@@ -96,6 +96,15 @@ static ssize_t next_multishot(rs_reader *r, const char **data) {
     int res;
     uint32_t flags;
     next_completion(r, &res, &flags);
+    if (res == -ENOBUFS) {
+      /* The shared ring is empty (other readers hold its buffers): read
+       * this chunk the plain way instead of re-arming into ENOBUFS. */
+      char *dst = r->block[r->cur];
+      r->cur ^= 1;
+      ssize_t n = rs_io_read_keep(r->fd, dst, r->chunk, Qnil);
+      if (n > 0) *data = dst;
+      return n;
+    }
     if (res <= 0) {
       if (flags & IORING_CQE_F_BUFFER) r->ms->backend.ops->bufring_recycle(&r->ms->backend, flags >> IORING_CQE_BUFFER_SHIFT);
       return res;

@@ -143,6 +143,7 @@ typedef struct rs_backend_ops {
  * block owned by the op, so a completion arriving after the fiber is gone
  * still has somewhere to go; the op's release recycles their buffers. */
 #define RS_MSQ_CAP 512
+#define RS_MSQ_HOLD 16 /* buffers one multishot op may hold before it is paused */
 typedef struct rs_msq {
   int res[RS_MSQ_CAP];
   uint32_t flags[RS_MSQ_CAP];

@@ -202,6 +202,9 @@ void rs_op_multishot(rs_op *op, int result, uint32_t cqe_flags) {
     q->flags[at] = cqe_flags;
     op->done = 1;
     rs_sched_ready_push(s, op);
+    /* One slow consumer must not hold the whole shared ring: past its
+     * share, stop its receive until it has drained (it re-arms then). */
+    if (q->len >= RS_MSQ_HOLD && (cqe_flags & IORING_CQE_F_MORE)) rs_op_cancel(s, op);
   } else if (cqe_flags & IORING_CQE_F_BUFFER) {
     s->backend.ops->bufring_recycle(&s->backend, cqe_flags >> IORING_CQE_BUFFER_SHIFT);
   }
