@@ -1,0 +1,168 @@
+# frozen_string_literal: true
+
+require "fileutils"
+require "bench/c_program"
+require "bench/stream_peer"
+
+# Another process sends a stream of small MessagePack maps into a loopback
+# TCP connection; the contender decodes every message and looks at it.
+module Bench
+  module MsgpackEach
+    CHUNK = 64 * 1024
+    DATA_DIR = File.expand_path("../out/data", __dir__)
+    NO_GEM = 3 # the stream writer's exit status without the msgpack gem
+
+    module_function
+
+    # Message i of the stream.
+    def message(index)
+      { "id" => index, "name" => "user#{index % 100}", "ok" => true }
+    end
+
+    # The stream of `count` messages, packed by the msgpack gem into a file
+    # under bench/out/data/ the first time a contender needs it (in a child
+    # process, so the contender's own heap and peak RSS stay its own).
+    # @return [String] its path
+    def stream_file(count)
+      path = File.join(DATA_DIR, "msgpack_maps_#{count}.msgpack")
+      return path if File.exist?(path)
+
+      FileUtils.mkdir_p(DATA_DIR)
+      partial = "#{path}.#{Process.pid}.tmp"
+      pid = fork do
+        require_gem
+        File.open(partial, "wb") do |file|
+          packer = MessagePack::Packer.new(file)
+          count.times { |i| packer.write(message(i)) }
+          packer.flush
+        end
+        exit!(0)
+      rescue Skip => e
+        warn(e.message)
+        exit!(NO_GEM)
+      end
+      _, status = Process.wait2(pid)
+      raise Skip, "the msgpack gem is needed to write the stream" if status.exitstatus == NO_GEM
+      raise "writing #{partial} failed: #{status.inspect}" unless status.success?
+
+      File.rename(partial, path)
+      path
+    end
+
+    def require_gem
+      require "msgpack"
+    rescue LoadError => e
+      raise Skip, "the msgpack gem is not installed here (#{e.message})"
+    end
+
+    # Decodes params[:messages] messages from a writer process with
+    # `decoder` (one of the methods below), inside `tasks` (Fibers or
+    # Threads).
+    def measure(tasks, decoder, params, meter)
+      tasks.check!
+      count = params[:messages]
+      near, writer = start_writer(stream_file(count))
+      seen = 0
+      last = nil
+      # The window inside the scheduler's run: it times the decoding, not
+      # the setting up of a ring.
+      tasks.run do
+        meter.measure do
+          writer.go!
+          public_send(decoder, near) do |msg|
+            seen += 1
+            last = msg
+          end
+          seen
+        end
+      end
+      writer.wait
+      check(seen, last && last["id"], count)
+      raise "last message #{last.inspect}, want #{message(count - 1).inspect}" unless last == message(count - 1)
+    ensure
+      near&.close
+    end
+
+    # The physical limit: bench/c/msgpack_unpack.c decodes the socket instead.
+    def measure_c(params, meter)
+      binary = CProgram.build("msgpack_unpack", pkg: "msgpack")
+      count = params[:messages]
+      near, writer = start_writer(stream_file(count))
+      own = nil
+      meter.measure do
+        writer.go!
+        own = CProgram.figures(StreamPeer.spawn_reader([binary], near).wait)
+        own[:units]
+      end
+      writer.wait
+      check(own[:units], own[:last_id], count)
+      CProgram.adopt(meter, own)
+    ensure
+      near&.close unless near&.closed?
+    end
+
+    def start_writer(path)
+      near, far = StreamPeer.tcp_pair
+      [near, StreamPeer.fork_writer(far, near) { |io| IO.copy_stream(path, io) }]
+    end
+
+    def check(seen, last_id, count)
+      raise "decoded #{seen} messages, the writer sent #{count}" unless seen == count
+      raise "the last message's id is #{last_id.inspect}, want #{count - 1}" unless last_id == count - 1
+    end
+
+    # ---- the decoders ----------------------------------------------------------------
+
+    # The plain-Ruby way: the msgpack gem's streaming unpacker fed by
+    # readpartial.
+    def gem_feed_each(io, &block)
+      unpacker = MessagePack::Unpacker.new
+      loop { unpacker.feed_each(io.readpartial(CHUNK), &block) }
+    rescue EOFError
+      nil
+    end
+
+    def msgpack_each(io, &block)
+      io.msgpack_each(&block)
+    end
+  end
+end
+
+Bench.define(:msgpack_each) do
+  title "decode a stream of small MessagePack maps over loopback TCP"
+  about <<~MD
+    A forked writer process sends `messages` MessagePack maps of three entries,
+    `{"id" => i, "name" => "user\#{i % 100}", "ok" => true}` (about 25 bytes each, packed once by
+    the msgpack gem into `bench/out/data/`), into a loopback TCP connection with
+    `IO.copy_stream`. The contender decodes every message into Ruby objects and hands it to a
+    block that counts it and keeps the last one (checked afterwards, with the count). The timed
+    window starts when the writer is told to go and ends at end of input. *msgpack gem* is the
+    plain-Ruby way: `MessagePack::Unpacker#feed_each(io.readpartial(65536))` in a loop, no
+    scheduler. `IO#msgpack_each` runs in a fiber under `Ringspun.run` forced to one backend, and
+    with no scheduler. The C program (`bench/c/msgpack_unpack.c`) decodes the same socket with
+    msgpack-c's streaming unpacker into msgpack-c objects, no Ruby objects; its row's CPU s and
+    peak RSS are its own. The issue's target: `msgpack_each` at least 2.5x the gem's messages/s.
+  MD
+  metric "messages/s"
+  bytes_per_unit 25
+  sizes quick: { messages: 1_000_000 }, full: { messages: 10_000_000 }
+  reference :msgpack_gem
+
+  contender(:msgpack_gem, "msgpack gem Unpacker#feed_each over readpartial (no scheduler)") do |params, meter|
+    Bench::MsgpackEach.require_gem
+    Bench::MsgpackEach.measure(Bench::Threads.new, :gem_feed_each, params, meter)
+  end
+  contender(:msgpack_each_io_uring, "IO#msgpack_each, Ringspun io_uring") do |params, meter|
+    Bench::MsgpackEach.measure(Bench::Fibers.new(:io_uring), :msgpack_each, params, meter)
+  end
+  contender(:msgpack_each_epoll, "IO#msgpack_each, Ringspun epoll") do |params, meter|
+    Bench::MsgpackEach.measure(Bench::Fibers.new(:epoll), :msgpack_each, params, meter)
+  end
+  contender(:msgpack_each_blocking, "IO#msgpack_each, no scheduler") do |params, meter|
+    require "ringspun"
+    Bench::MsgpackEach.measure(Bench::Threads.new, :msgpack_each, params, meter)
+  end
+  contender(:c, "C msgpack-c unpacker (bench/c/msgpack_unpack.c)") do |params, meter|
+    Bench::MsgpackEach.measure_c(params, meter)
+  end
+end
