@@ -1,7 +1,8 @@
 # frozen_string_literal: true
 
 # Ringspun's benchmark suite: runs every case under bench/cases/ and writes
-# bench/RESULTS.md (the table the README quotes) and bench/out/results.json.
+# bench/RESULTS.md (the table the README quotes), bench/results.png (the
+# ratios as a chart, drawn by gnuplot) and bench/out/results.json.
 #
 #   ruby bench/run.rb                  # every case, quick sizes, 5 rounds
 #   BENCH=full ruby bench/run.rb       # full sizes
@@ -9,14 +10,21 @@
 #   ROUNDS=7 ruby bench/run.rb         # more rounds
 #   BENCH_LIB=/other/lib ruby bench/run.rb   # measure another build of lib/
 #
-# A case is one file under bench/cases/ (see bench/lib/bench/case.rb); each
-# of its contenders runs as a fresh process (bench/contender.rb).
+# `rake bench` runs it after compiling. A case is one file under bench/cases/
+# (see bench/lib/bench/case.rb); each of its contenders runs as a fresh
+# process (bench/contender.rb). First the peers' bundle (bench/peers/Gemfile)
+# is installed, or found, in bench/peers/vendor/ (bench/lib/bench/peers.rb);
+# input files are generated into a temporary directory for the run
+# (bench/lib/bench/fixtures.rb).
 
 $LOAD_PATH.unshift(File.expand_path("lib", __dir__))
 require "fileutils"
 require "bench/case"
+require "bench/fixtures"
+require "bench/peers"
 require "bench/runner"
 require "bench/report"
+require "bench/chart"
 
 module Bench
   # The command line: settings from the environment, cases from ARGV.
@@ -38,9 +46,12 @@ module Bench
     def run
       started = Time.now
       facts = Machine.facts
+      cases = Bench.load_cases(@only)
+      facts << ["peers (bench/peers/Gemfile)", Peers.summary(Peers.install)]
       load_at_start = Machine.load_average
-      results = Runner.new(Bench.load_cases(@only), mode: @mode, rounds: @rounds,
-                                                    time_limit: TIME_LIMIT.fetch(@mode)).run
+      results = Fixtures.open do |fixtures|
+        Runner.new(cases, mode: @mode, rounds: @rounds, time_limit: TIME_LIMIT.fetch(@mode), fixtures: fixtures).run
+      end
       facts << ["load average (1 min) at start, end", "#{load_at_start}, #{Machine.load_average}"]
       record = Run.new(mode: @mode, rounds: @rounds, command: command, started_at: started,
                        facts: facts, results: results)
@@ -70,12 +81,14 @@ module Bench
       @env.fetch("BENCH_COMMAND") { ["BENCH=#{@mode}", "ruby bench/run.rb", *@only].join(" ") }
     end
 
-    # Every output of a run. The committed table is written only when every
-    # case ran. The chart (bench/results.png, drawn by gnuplot from the
-    # JSON) joins this list when it lands.
+    # Every output of a run. The committed table and chart are written only
+    # when every case ran; a run of some cases writes them under bench/out/.
     def sinks
-      table = @only.empty? ? File.join(DIR, "RESULTS.md") : File.join(OUT_DIR, "RESULTS.md")
-      [Report::Markdown.new(table), Report::Json.new(File.join(OUT_DIR, "results.json"))]
+      @sinks ||= begin
+        dir = @only.empty? ? DIR : OUT_DIR
+        [Report::Markdown.new(File.join(dir, "RESULTS.md")), Report::Json.new(File.join(OUT_DIR, "results.json")),
+         Report::Chart.new(File.join(dir, "results.png"), work_dir: OUT_DIR)]
+      end
     end
 
     def finish(results, started)

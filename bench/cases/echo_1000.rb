@@ -78,9 +78,12 @@ Bench.define(:echo_1000) do
   MD
   metric "messages/s"
   bytes_per_unit 1024
-  sizes quick: { clients: 1000, messages: 80 }, full: { clients: 1000, messages: 500 }
+  sizes quick: { clients: 1000, messages: 30 }, full: { clients: 1000, messages: 500 }
   needs { |params| { fds: 2 * params[:clients] + 16, threads: 2 * params[:clients] + 2 } }
   reference :threads
+
+  target issue: 2, text: "1,000-client echo: io_uring at least 2x one thread per client",
+         contender: :ringspun_io_uring, rate_vs: :threads, at_least: 2.0
 
   contender(:ringspun_io_uring, "Ringspun io_uring") do |params, meter|
     Bench::LoopbackEcho.measure(Bench::Fibers.new(:io_uring), params, meter)

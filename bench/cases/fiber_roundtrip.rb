@@ -59,7 +59,7 @@ Bench.define(:fiber_roundtrip) do
     threads with blocking IO and no scheduler.
   MD
   metric "round trips/s"
-  sizes quick: { round_trips: 100_000 }, full: { round_trips: 500_000 }
+  sizes quick: { round_trips: 40_000 }, full: { round_trips: 500_000 }
   needs { |_params| { fds: 8, threads: 2 } }
   reference :threads
 

@@ -22,7 +22,7 @@ module Bench
   class Case
     Contender = Struct.new(:key, :label, :body)
 
-    attr_reader :name, :contenders
+    attr_reader :name, :contenders, :targets
 
     def initialize(name)
       @name = name.to_s
@@ -30,6 +30,8 @@ module Bench
       @sizes = {}
       @bytes_per_unit = nil
       @needs = ->(_params) { {} }
+      @setup = nil
+      @targets = []
     end
 
     # @!group Description (called from the case file)
@@ -74,7 +76,29 @@ module Bench
       @contenders[key.to_s] = Contender.new(key.to_s, label, body)
     end
 
+    # Prepares what every contender reads, once per run, in the runner's
+    # process: the block gets the case's parameters and a {Fixtures} and
+    # returns a Hash (file paths, say) merged into the parameters each
+    # contender process receives. The report shows only the sizes.
+    def setup(&block)
+      block ? @setup = block : @setup
+    end
+
+    # A target an issue states, shown as a row with its measured value and
+    # whether it is met (see {Target}):
+    #
+    #   target issue: 3, text: "double_splice at least 0.95x the C loop",
+    #          contender: :ringspun_io_uring, rate_vs: :c_splice, at_least: 0.95
+    def target(**spec)
+      @targets << Target.new(**spec)
+    end
+
     # @!endgroup
+
+    # @return [Hash] extra parameters for the contenders, from {#setup}
+    def prepare(params, fixtures)
+      @setup ? @setup.call(params, fixtures) : {}
+    end
 
     # @return [Hash] the parameters for `mode` ("quick" or "full")
     def params(mode)
@@ -84,9 +108,61 @@ module Bench
     def validate!
       raise ArgumentError, "case #{@name}: no contenders" if @contenders.empty?
       raise ArgumentError, "case #{@name}: no metric" unless @metric
-      return if @contenders.key?(@reference)
+      raise ArgumentError, "case #{@name}: reference #{@reference.inspect} is not a contender" unless @contenders.key?(@reference)
 
-      raise ArgumentError, "case #{@name}: reference #{@reference.inspect} is not a contender"
+      @targets.each do |target|
+        unknown = target.contenders - @contenders.keys
+        raise ArgumentError, "case #{@name}: target names no contender #{unknown.join(', ')}" unless unknown.empty?
+      end
+    end
+  end
+
+  # A target one of the issues states for a case, as a comparison of one
+  # contender's figure:
+  #
+  # - `rate_vs: other`: the median over rounds of its rate / other's rate;
+  # - `cpu_vs: other`: the median over rounds of its CPU seconds per unit /
+  #   other's;
+  # - `rss_vs: other`: its peak RSS / other's (peaks over every round);
+  # - `objects_per_mib: true`: its Ruby objects allocated per MiB (the
+  #   median over rounds);
+  #
+  # against a bound: `at_least:`, `at_most:` or `below:`.
+  class Target
+    KINDS = %i[rate_vs cpu_vs rss_vs objects_per_mib].freeze
+
+    attr_reader :issue, :text, :contender, :kind, :other, :bound, :comparison
+
+    def initialize(issue:, text:, contender:, at_least: nil, at_most: nil, below: nil, **kind)
+      @issue = issue
+      @text = text
+      @contender = contender.to_s
+      raise ArgumentError, "a target compares one figure: one of #{KINDS.join(', ')}" unless kind.size == 1 && KINDS.include?(kind.keys.first)
+
+      @kind, other = kind.first
+      @other = @kind == :objects_per_mib ? nil : other.to_s
+      bounds = { at_least: at_least, at_most: at_most, below: below }.compact
+      raise ArgumentError, "a target needs one bound: at_least, at_most or below" unless bounds.size == 1
+
+      @comparison, @bound = bounds.first
+    end
+
+    # @return [Array<String>] the contenders it reads
+    def contenders = [@contender, @other].compact
+
+    # @return [Boolean] whether `value` meets the bound
+    def met?(value)
+      case @comparison
+      when :at_least then value >= @bound
+      when :at_most then value <= @bound
+      when :below then value < @bound
+      end
+    end
+
+    # "≥ 0.95x", "≤ 1.25x", "< 1"
+    def bound_text
+      sign = { at_least: ">=", at_most: "<=", below: "<" }.fetch(@comparison)
+      @kind == :objects_per_mib ? "#{sign} #{@bound}" : "#{sign} #{format('%.2f', @bound)}x"
     end
   end
 

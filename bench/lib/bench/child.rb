@@ -9,7 +9,7 @@ module Bench
   Sample = Struct.new(
     :status,        # :ok, :skipped or :failed
     :rate,          # units per second
-    :units, :elapsed_s, :cpu_s, :allocated, :gc_runs,
+    :units, :elapsed_s, :cpu_s, :allocated, :gc_runs, :runq_s,
     :rss_peak_kib, :threads_peak,
     :reason,        # skipped or failed: why
     keyword_init: true
@@ -50,7 +50,23 @@ module Bench
     # The backend is passed explicitly by each contender; a RINGSPUN_BACKEND
     # left in the caller's environment must not steer it.
     def child_env
-      { "RINGSPUN_BACKEND" => nil }
+      Child.outside_bundle.merge("RINGSPUN_BACKEND" => nil)
+    end
+
+    # Bundler keeps the environment it changed under BUNDLER_ORIG_*, and
+    # -rbundler/setup in RUBYOPT would put every child inside the main
+    # Gemfile's bundle. A contender is a plain `ruby -I lib` process: it
+    # loads Ringspun from LIB and a peer through its own bundle
+    # (bench/lib/bench/peers.rb), so the children get the environment from
+    # before `bundle exec`.
+    # @return [Hash{String=>String,nil}] changes for Process.spawn's env
+    def self.outside_bundle
+      ENV.each_with_object({}) do |(key, value), env|
+        next unless key.start_with?("BUNDLER_ORIG_")
+
+        env[key.delete_prefix("BUNDLER_ORIG_")] = value == "BUNDLER_ENVIRONMENT_PRESERVER_INTENTIONALLY_NIL" ? nil : value
+        env[key] = nil
+      end
     end
 
     def watch(waiter)
@@ -96,14 +112,16 @@ module Bench
       Sample.new(
         status: :ok,
         rate: record[:units] / record[:elapsed_s],
-        units: record[:units], elapsed_s: record[:elapsed_s], cpu_s: record[:cpu_s],
+        units: record[:units], elapsed_s: record[:elapsed_s], cpu_s: record[:cpu_s], runq_s: record[:runq_s],
         allocated: record[:allocated], gc_runs: record[:gc_runs], rss_peak_kib: record[:rss_peak_kib],
-        threads_peak: [threads_peak, record[:threads_at_end].to_i].max
+        threads_peak: record[:threads_peak] || [threads_peak, record[:threads_at_end].to_i].max
       )
     end
 
+    # The tail of stderr without backtrace lines: a Ruby error's own line
+    # (file:line: message (Class)) comes before its "from" lines.
     def failed(why, err)
-      tail = err.to_s.lines.last(5).join.strip
+      tail = err.to_s.lines.grep_v(/\A\s+from /).last(5).join.strip
       Sample.new(status: :failed, reason: tail.empty? ? why : "#{why}: #{tail}")
     end
 

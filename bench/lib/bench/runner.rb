@@ -7,11 +7,13 @@ module Bench
   # fresh process. The order rotates from round to round so no contender
   # always runs first (cold caches) or right after the heaviest one.
   class Runner
-    def initialize(cases, mode:, rounds:, time_limit:, log: $stderr)
+    # @param fixtures [Fixtures] where the cases' setup makes their input files
+    def initialize(cases, mode:, rounds:, time_limit:, fixtures:, log: $stderr)
       @cases = cases
       @mode = mode
       @rounds = rounds
       @time_limit = time_limit
+      @fixtures = fixtures
       @log = log
     end
 
@@ -25,14 +27,23 @@ module Bench
     def run_case(bench_case)
       params = bench_case.params(@mode)
       @log.puts("== #{bench_case.name} #{params}")
+      given = params.merge(prepare(bench_case, params))
       samples = Hash.new { |h, k| h[k] = [] }
       keys = bench_case.contenders.keys
       @rounds.times do |round|
         keys.rotate(round).each do |key|
-          samples[key] << run_one(bench_case, key, params, round)
+          samples[key] << run_one(bench_case, key, given, round)
         end
       end
       CaseResult.new(bench_case, params, keys.to_h { |k| [k, samples[k]] })
+    end
+
+    def prepare(bench_case, params)
+      started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      extra = bench_case.prepare(params, @fixtures)
+      took = Process.clock_gettime(Process::CLOCK_MONOTONIC) - started
+      @log.puts(format("  setup %.1f s", took)) if took >= 0.1
+      extra
     end
 
     def run_one(bench_case, key, params, round)
@@ -44,8 +55,9 @@ module Bench
     def describe(sample, metric)
       return "#{sample.status}: #{sample.reason}" unless sample.ok?
 
-      format("%12.0f %s  (%.2f s, CPU %.2f s, %d threads)", sample.rate, metric, sample.elapsed_s,
-             sample.cpu_s, sample.threads_peak)
+      wait = sample.runq_s ? format(", waited %.2f s for a CPU", sample.runq_s) : ""
+      format("%12.0f %s  (%.2f s, CPU %.2f s%s, %d threads)", sample.rate, metric, sample.elapsed_s,
+             sample.cpu_s, wait, sample.threads_peak)
     end
   end
 
@@ -65,15 +77,26 @@ module Bench
 
     def rates(key) = ok(key).map(&:rate)
 
-    # The per-round ratios of key's rate to the reference's (higher is
-    # faster); rounds where either failed are left out.
-    def ratios(key)
-      @samples[key].zip(@samples[reference]).filter_map do |mine, ref|
-        mine.rate / ref.rate if mine.ok? && ref.ok?
-      end
+    # The per-round ratios of key's rate to the reference's, or another
+    # contender's (higher is faster); rounds where either failed are left
+    # out.
+    def ratios(key, against = reference)
+      per_round(key, against) { |mine, other| mine.rate / other.rate }
+    end
+
+    # The per-round ratios of key's CPU seconds per unit of work to
+    # another contender's (lower is leaner).
+    def cpu_ratios(key, against)
+      per_round(key, against) { |mine, other| (mine.cpu_s / mine.units) / (other.cpu_s / other.units) }
     end
 
     def failures = @samples.values.flatten.count { |s| s.status == :failed }
+
+    def per_round(key, against)
+      @samples[key].zip(@samples[against]).filter_map do |mine, other|
+        yield mine, other if mine.ok? && other.ok?
+      end
+    end
 
     # @return [String, nil] why the contender has no figures
     def missing_reason(key)
