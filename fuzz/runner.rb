@@ -216,37 +216,47 @@ module RingspunFuzz
       n.to_s.reverse.scan(/\d{1,3}/).join(",").reverse
     end
 
-    # The whole run: seeds, regressions, every harness for `seconds`, the
-    # differential check with `mutations`. Prints as it goes; returns true
-    # when nothing was found. With fuzzers: false, only the differential
-    # check (for a machine without libFuzzer).
-    def self.run(seconds:, mutations:, seed: 1, out: $stdout, fuzzers: true)
+    # Seeds made afresh by our encoders, regressions replayed, then every
+    # harness for `seconds`. Prints as it goes; returns the Results and the
+    # problems (short texts, empty when nothing was found).
+    def self.fuzz_all(seconds:, out: $stdout)
       problems = []
       counts = Seeds.write(File.join(OUT, "seeds"))
       out.puts "seeds: #{counts.map { |h, n| "#{h} #{n}" }.join(', ')} (tmp/fuzz/seeds)"
       allow = ENV.fetch("FUZZ_ALLOW", "")
       out.puts "FUZZ_ALLOW=#{allow}: these open findings are looked past" unless allow.empty?
-      results = []
-      if fuzzers
-        harness_names.each do |name|
-          n, failures = replay(name)
-          out.puts "regressions #{name}: #{n} replayed, #{failures.size} failing"
-          failures.each { |f| out.puts f }
-          problems << "#{name}: #{failures.size} regression(s) failing" unless failures.empty?
-        end
-        harness_names.each do |name|
-          r = fuzz(name, seconds)
-          results << r
-          verdict = r.finding ? "FINDING" : "no finding"
-          out.puts format("fuzz %-8s %13s executions in %4.0f s: %s", name, group(r.execs), r.seconds, verdict)
-          if r.finding
-            out.puts r.finding
-            problems << "#{name}: finding"
-          end
-        end
+      harness_names.each do |name|
+        n, failures = replay(name)
+        out.puts "regressions #{name}: #{n} replayed, #{failures.size} failing"
+        failures.each { |f| out.puts f }
+        problems << "#{name}: #{failures.size} regression(s) failing" unless failures.empty?
       end
+      results = harness_names.map do |name|
+        r = fuzz(name, seconds)
+        verdict = r.finding ? "FINDING" : "no finding"
+        out.puts format("fuzz %-8s %13s executions in %4.0f s: %s", name, group(r.execs), r.seconds, verdict)
+        if r.finding
+          out.puts r.finding
+          problems << "#{name}: finding"
+        end
+        r
+      end
+      [results, problems]
+    end
+
+    # The differential check; returns its per-family counts and the problems.
+    def self.differential(mutations:, seed: 1, out: $stdout)
       diff = Differential.run(mutations: mutations, seed: seed, out: out)
-      diff.each { |family, (_, bad)| problems << "differential #{family}: #{bad} disagreements" if bad.positive? }
+      problems = diff.filter_map { |family, (_, bad)| "differential #{family}: #{bad} disagreements" if bad.positive? }
+      [diff, problems]
+    end
+
+    # The whole run: fuzz_all, then the differential check with `mutations`,
+    # then a summary. Returns true when nothing was found.
+    def self.run(seconds:, mutations:, seed: 1, out: $stdout)
+      results, problems = fuzz_all(seconds: seconds, out: out)
+      diff, more = differential(mutations: mutations, seed: seed, out: out)
+      problems += more
       summary(results, diff, problems, out)
       problems.empty?
     end
