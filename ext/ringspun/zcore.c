@@ -10,8 +10,10 @@ static int direct_inflate(void *ctx, z_stream *z) {
 
 static void reset_header(rs_unzip *u) {
   if (!u->gzip) return;
-  if (u->hdr.name) u->hdr.name[0] = 0;
-  if (u->hdr.comment) u->hdr.comment[0] = 0;
+  /* zlib stores up to name_max bytes and leaves the NUL out of a field
+   * that long: the byte after them is ours, and always 0. */
+  if (u->hdr.name) u->hdr.name[0] = u->hdr.name[u->hdr.name_max] = 0;
+  if (u->hdr.comment) u->hdr.comment[0] = u->hdr.comment[u->hdr.comm_max] = 0;
   inflateGetHeader(&u->z, &u->hdr);
 }
 

@@ -41,7 +41,8 @@ typedef struct rs_unzip {
   void *ctx;
 } rs_unzip;
 
-/* name/comment: buffers for the gzip header's fields (may be NULL). */
+/* name/comment: buffers for the gzip header's fields (may be NULL), of
+ * name_max + 1 and comm_max + 1 bytes: the last holds a NUL. */
 int rs_unzip_init(rs_unzip *u, bool gzip, Bytef *name, uInt name_max, Bytef *comment, uInt comm_max);
 /* Decodes u->z.next_in/avail_in into u->z.next_out/avail_out. */
 int rs_unzip_run(rs_unzip *u);
