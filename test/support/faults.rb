@@ -22,9 +22,6 @@ module RingspunTest
   module Faults
     KIB = 1024
 
-    # Every stream kind the primitives meet.
-    KINDS = %i[pipe unix tcp].freeze
-
     # Raised into a helper task to stop it (see Task#stop).
     class Stopped < StandardError; end
 
@@ -41,7 +38,9 @@ module RingspunTest
     class Task
       def initialize(&block)
         @done = Queue.new
+        @started = false
         runner = proc do
+          @started = true
           @done << [:ok, block.call]
         rescue Exception => e # rubocop:disable Lint/RescueException -- handed to #result
           @done << [:error, e]
@@ -50,9 +49,16 @@ module RingspunTest
       end
 
       def result
-        @result ||= @done.pop
-        @handle.join if @handle.is_a?(Thread)
-        @result
+        return @result if @result
+
+        if @handle.is_a?(Thread)
+          begin
+            @handle.join
+          rescue Exception => e # rubocop:disable Lint/RescueException -- it died outside the runner
+            @done << [:error, e] if @done.empty?
+          end
+        end
+        @result = @done.pop
       end
 
       def value
@@ -67,7 +73,10 @@ module RingspunTest
       end
 
       # Raises exc into the task (wherever it is parked), then waits for it.
+      # A thread is given the time to enter its block first: raised into
+      # before that, it would die outside the block's rescue.
       def interrupt(exc = Stopped, message = "stopped")
+        Thread.pass until @started || !@handle.alive?
         @handle.raise(exc, message) if alive?
         result
       end
@@ -75,10 +84,6 @@ module RingspunTest
       def stop
         interrupt(Stopped)
       end
-    end
-
-    def self.go(&block)
-      Task.new(&block)
     end
 
     # ---- streams --------------------------------------------------------------------
@@ -130,8 +135,7 @@ module RingspunTest
         src.include?(src_kind) && dst.include?(dst_kind) && (!pipe_side || src_kind == :pipe || dst_kind == :pipe)
       end
 
-      # Every allowed [src, dst] pair, src kind varying with the dst kind so
-      # each kind appears on each side somewhere.
+      # Every allowed [src, dst] pair.
       def combos
         src.product(dst).select { |s, d| kinds_ok?(s, d) }
       end
@@ -246,9 +250,15 @@ module RingspunTest
 
         raise
       ensure
-        pipe.close_read
-        pump.stop
-        pipe.close
+        # Nested, so an interruption that lands in the first part (a
+        # Timeout firing just as the drain returned) still closes both ends.
+        begin
+          pipe.close_read
+          pump.stop
+        ensure
+          pipe.close_read
+          pipe.close
+        end
       end
     end
 
@@ -326,8 +336,8 @@ module RingspunTest
 
     # One transfer's streams and its two helper tasks.
     #
-    # feed: :all     write the input (in `pieces`, pausing `pause` s every
-    #                third piece), then close
+    # feed: :all     write the input (in `pieces`, cycled, pausing `pause`
+    #                seconds after every `pause_every`-th piece), then close
     #       :stall   write input[0, stall_at], wait for #release, write the rest
     #       :cut     write input[0, cut], then close (the source ends early)
     #       :reset   write input[0, cut], then reset (TCP)
@@ -338,7 +348,7 @@ module RingspunTest
     class Rig
       attr_reader :spec, :src, :dst, :src_kind, :dst_kind, :input, :fed, :cut_at
 
-      def initialize(spec, src_kind, dst_kind, payload, feed: :all, sink: :all, pieces: nil, pause: 0, stall_at: nil)
+      def initialize(spec, src_kind, dst_kind, payload, feed: :all, sink: :all, pieces: nil, pause: 0, pause_every: 3, stall_at: nil)
         raise ArgumentError, "#{spec} cannot take #{src_kind} -> #{dst_kind}" unless spec.kinds_ok?(src_kind, dst_kind)
 
         @spec = spec
@@ -350,6 +360,7 @@ module RingspunTest
         @sink = sink
         @pieces = pieces
         @pause = pause
+        @pause_every = pause_every
         @cut_at = spec.cut.call(@input) if %i[cut reset].include?(feed)
         @stall_at = stall_at || @input.bytesize / 2
         @gate = Queue.new
@@ -434,7 +445,7 @@ module RingspunTest
           off += n
           @fed += n
           i += 1
-          sleep @pause if @pause.positive? && (i % 3).zero?
+          sleep @pause if @pause.positive? && (i % @pause_every).zero?
         end
         off
       end
@@ -605,6 +616,58 @@ module RingspunTest
         else
           [:failed, ["#{what}: expected completion or Timeout::Error, got #{describe(error)}"]]
         end
+      end
+
+      # Primitives a caller can call again on the same source after an
+      # interruption, to pick up where the interrupted call stopped: each
+      # takes (src, dst, collected) and puts what it moves into dst (the
+      # splices) or into the String `collected` (the loops: a block that
+      # cannot block, so an interruption lands in the primitive's own wait).
+      RESUMABLE = {
+        splice: ->(s, d, _) { IO.splice(s, d, -4096) },
+        double_splice: ->(s, d, _) { IO.double_splice(s, d, chunk_size: 4096) },
+        read_loop: ->(s, _, out) { s.read_loop(4096) { |c| out << c } },
+        recv_loop: ->(s, _, out) { s.recv_loop(4096) { |c| out << c } },
+        feed_loop: ->(s, _, out) { s.feed_loop(out, :<<, maxlen: 4096) },
+        msgpack_each: lambda do |s, _, out|
+          s.msgpack_each do |o|
+            raise TypeError, "decoded #{o.inspect[0, 40]}, not one of the Strings sent: the stream lost its place" unless o.is_a?(String)
+
+            out << o
+          end
+        end
+      }.freeze
+
+      # Timeouts keep interrupting the primitive while the source trickles;
+      # each time it is simply called again. In the end every byte must
+      # have come out exactly once, in order. Returns [timeouts, problems].
+      def resume_after_timeouts(name, sk, rng)
+        spec = Faults.spec(name)
+        _, dk = spec.combo(src_kind: sk)
+        data = rng.bytes(40 * KIB + rng.rand(60 * KIB))
+        rig = Rig.new(spec, sk, dk, data, pieces: Array.new(7) { 1 + rng.rand(6000) }, pause: 0.0003, pause_every: 4).start
+        what = "#{name} #{sk}->#{dk} called again after each Timeout"
+        collected = String.new(encoding: Encoding::BINARY)
+        timeouts = 0
+        problem = nil
+        deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 20
+        loop do
+          Timeout.timeout(0.0002 + (rng.rand * 0.002)) { RESUMABLE.fetch(name).call(rig.src, rig.dst, collected) }
+          break
+        rescue Timeout::Error
+          timeouts += 1
+          next if Process.clock_gettime(Process::CLOCK_MONOTONIC) < deadline
+
+          problem = "#{what}: no end after 20 s"
+          break
+        rescue StandardError => e
+          problem = "#{what}: after #{timeouts} timeouts raised #{describe(e)}#{" (while handling #{e.cause.class})" if e.cause}"
+          break
+        end
+        _feeder, sink = rig.finish
+        out = %i[splice double_splice].include?(name) ? sink[1] : collected
+        problem ||= "#{what}: #{out.bytesize} bytes came out of #{data.bytesize} after #{timeouts} timeouts, or they differ" unless out == data
+        [timeouts, [problem].compact]
       end
 
       # Fiber#raise (Thread#raise without a scheduler) into the task running
