@@ -35,6 +35,7 @@
  *     (which object, where it ends, or how it fails). */
 #include "fuzz_input.h"
 #include <msgpack.h>
+#include "msgpack_gate.h"
 #include <stdbool.h>
 #include <string.h>
 
@@ -144,24 +145,37 @@ static void run_stream(const uint8_t *data, size_t len, uint8_t cut_seed, size_t
   }
   fz_cuts cuts;
   fz_cuts_init(&cuts, cut_seed);
+  rs_mp_gate g;
+  memset(&g, 0, sizeof(g));
   size_t pos = 0;
   bool going = true;
   while (going && pos < len) {
     size_t n = fz_cuts_next(&cuts, len - pos);
     uint8_t *read = fz_read_copy(data + pos, n);
     pos += n;
-    if (!msgpack_unpacker_reserve_buffer(&u, n)) {
+    /* As msgpack.c's feed: through the gate (msgpack_gate.c) first. */
+    if (rs_mp_gate_push(&g, (const char *)read, n) < 0 ||
+        (g.pos && !msgpack_unpacker_reserve_buffer(&u, g.pos))) {
       r->end = END_NOMEM; /* rb_raise(rb_eNoMemError) */
       going = false;
     } else {
-      memcpy(msgpack_unpacker_buffer(&u), read, n);
-      msgpack_unpacker_buffer_consumed(&u, n);
+      if (g.pos) {
+        memcpy(msgpack_unpacker_buffer(&u), g.buf, g.pos);
+        msgpack_unpacker_buffer_consumed(&u, g.pos);
+        rs_mp_gate_take(&g);
+      }
       going = drain(&u, r, &w, len + 1);
+      uint64_t at;
+      if (going && rs_mp_gate_verdict(&g, &at)) {
+        r->end = END_MALFORMED; /* malformed byte or nesting past the stack, held at the gate */
+        going = false;
+      }
     }
     free(read);
   }
-  if (going && msgpack_unpacker_message_size(&u) > 0) r->end = END_TRUNCATED;
+  if (going && (msgpack_unpacker_message_size(&u) > 0 || g.len > 0)) r->end = END_TRUNCATED;
   msgpack_unpacker_destroy(&u);
+  rs_mp_gate_free(&g);
 }
 
 typedef struct one_result {
@@ -180,14 +194,18 @@ static void run_unpack(const uint8_t *data, size_t len, bool raise_on_ext, one_r
     return;
   }
   uint8_t *str = fz_read_copy(data, len);
-  if (!msgpack_unpacker_reserve_buffer(&u, len)) {
+  rs_mp_gate g;
+  memset(&g, 0, sizeof(g));
+  if (rs_mp_gate_push(&g, (const char *)str, len) < 0 || !msgpack_unpacker_reserve_buffer(&u, g.pos + 1)) {
     r->end = END_NOMEM;
   } else {
-    memcpy(msgpack_unpacker_buffer(&u), str, len);
-    msgpack_unpacker_buffer_consumed(&u, len);
+    if (g.pos) memcpy(msgpack_unpacker_buffer(&u), g.buf, g.pos);
+    msgpack_unpacker_buffer_consumed(&u, g.pos);
+    rs_mp_gate_take(&g);
     int ret = msgpack_unpacker_execute(&u);
+    uint64_t at;
     if (ret == 0) {
-      r->end = END_TRUNCATED;
+      r->end = rs_mp_gate_verdict(&g, &at) ? END_MALFORMED : END_TRUNCATED;
     } else if (ret < 0) {
       r->end = END_MALFORMED;
     } else {
@@ -206,6 +224,7 @@ static void run_unpack(const uint8_t *data, size_t len, bool raise_on_ext, one_r
   }
   free(str);
   msgpack_unpacker_destroy(&u);
+  rs_mp_gate_free(&g);
 }
 
 /* msgpack-c's one-shot API, one object after another: the sequence a
@@ -221,19 +240,35 @@ static void run_unpack_next(const uint8_t *data, size_t len, run_result *r, one_
   msgpack_unpacked_init(&result);
   /* Its own copy, freed right after: nothing may point into it later. */
   uint8_t *buf = fz_read_copy(data, len);
+  /* msgpack-c would allocate what a held header declares (see
+   * msgpack_gate.h): the oracle reads only what the gate lets through, and
+   * what is held ends it as the gate's verdict says. */
+  rs_mp_gate g;
+  memset(&g, 0, sizeof(g));
+  if (rs_mp_gate_push(&g, (const char *)buf, len) < 0) abort();
+  size_t passed = g.pos;
+  uint64_t at;
+  int held = g.len > g.pos ? (rs_mp_gate_verdict(&g, &at) ? END_MALFORMED : END_TRUNCATED) : END_CLEAN;
+  rs_mp_gate_free(&g);
   size_t off = 0;
-  while (off < len) {
+  while (off < passed || (off == passed && held != END_CLEAN)) {
+    if (off == passed) {
+      r->end = held;
+      if (r->count == 0) first->end = held;
+      break;
+    }
     size_t before = off;
-    msgpack_unpack_return ret = msgpack_unpack_next(&result, (const char *)buf, len, &off);
-    if (ret == MSGPACK_UNPACK_CONTINUE) r->end = END_TRUNCATED;
+    msgpack_unpack_return ret = msgpack_unpack_next(&result, (const char *)buf, passed, &off);
+    /* Running out of the passed bytes mid-message is reaching the gate. */
+    if (ret == MSGPACK_UNPACK_CONTINUE) r->end = held != END_CLEAN ? held : END_TRUNCATED;
     else if (ret == MSGPACK_UNPACK_NOMEM_ERROR) r->end = END_NOMEM;
     else if (ret < 0) r->end = END_MALFORMED;
     if (r->end != END_CLEAN) {
       if (r->count == 0) first->end = r->end;
       break;
     }
-    FZ_CHECK(off > before && off <= len, "msgpack_unpack_next succeeded, moving the offset from %zu to %zu of %zu",
-             before, off, len);
+    FZ_CHECK(off > before && off <= passed, "msgpack_unpack_next succeeded, moving the offset from %zu to %zu of %zu",
+             before, off, passed);
     uint64_t h = walk_object(&result.data, 0, false, &w);
     if (r->count == 0) {
       first->hash = h;

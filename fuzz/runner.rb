@@ -36,7 +36,7 @@ module RingspunFuzz
     HARNESSES = {
       "gunzip" => { sources: %w[zcore.c], libs: %w[-lz], max_len: 131_072 },
       "chunked" => { sources: %w[http1.c], libs: [], max_len: 16_384 },
-      "msgpack" => { sources: [], pkg: "msgpack", max_len: 65_536 }
+      "msgpack" => { sources: %w[msgpack_gate.c], pkg: "msgpack", max_len: 65_536 }
     }.freeze
 
     CFLAGS = %w[-g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined

@@ -9,6 +9,7 @@
 #include "ringspun.h"
 #include <msgpack.h>
 #include <msgpack/unpack_define.h>
+#include "msgpack_gate.h"
 #include <ruby/encoding.h>
 #include <ruby/io.h>
 
@@ -86,23 +87,10 @@ static void raise_malformed(uint64_t offset) {
   rb_raise(eMalformed, "malformed MessagePack data at byte offset %llu", (unsigned long long)offset);
 }
 
-/* Bytes received but not yet handed to msgpack-c. msgpack-c allocates a
- * container's whole element table (24 bytes an element) when it reads the
- * header, so 5 bytes can ask for gigabytes; a header goes on to msgpack-c
- * only once at least as many bytes as it declares elements have arrived
- * after it. Memory then stays proportional to the input. */
-typedef struct mp_gate {
-  char *buf;
-  size_t len, cap;
-  size_t pos;      /* bytes checked, ready to hand over */
-  uint64_t skip;   /* payload bytes of a str/bin/ext still to pass */
-  uint64_t handed; /* bytes handed to msgpack-c so far */
-} mp_gate;
-
 typedef struct mp_stream {
   msgpack_unpacker u;
   bool u_ready;
-  mp_gate gate;
+  rs_mp_gate gate;
   mp_opts opts;
   VALUE io;
   rs_reader r;
@@ -110,103 +98,25 @@ typedef struct mp_stream {
   uint64_t done_bytes; /* bytes of the messages already yielded */
 } mp_stream;
 
-static uint64_t be(const unsigned char *p, int n) {
-  uint64_t v = 0;
-  for (int i = 0; i < n; i++) v = (v << 8) | p[i];
-  return v;
-}
-
-/* The header at p (avail bytes there): its length, the elements it
- * declares (containers) and the payload that follows it (str/bin/ext).
- * Returns 0 when the header is not complete yet. */
-static int mp_header(const unsigned char *p, size_t avail, uint64_t *elems, uint64_t *payload) {
-  static const signed char extra[32] = {
-      /* 0xc0.. */ 0, 0, 0, 0, 1, 2, 4, 1, 2, 4, 4, 8, 1, 2, 4, 8,
-      /* 0xd0.. */ 1, 2, 4, 8, 2, 3, 5, 9, 17, 1, 2, 4, 2, 4, 2, 4};
-  unsigned b = p[0];
-  *elems = *payload = 0;
-  if (b <= 0x7f || b >= 0xe0) return 1;
-  if (b <= 0x8f) { *elems = 2 * (b & 0x0f); return 1; }
-  if (b <= 0x9f) { *elems = b & 0x0f; return 1; }
-  if (b <= 0xbf) { *payload = b & 0x1f; return 1; }
-  int hl = 1 + extra[b - 0xc0];
-  if (b >= 0xd4 && b <= 0xd8) { *payload = (uint64_t)hl - 1; return 1; } /* fixext: type + data */
-  if (avail < (size_t)hl) return 0;
-  switch (b) {
-  case 0xc4: case 0xc5: case 0xc6: case 0xd9: case 0xda: case 0xdb: *payload = be(p + 1, hl - 1); break;
-  case 0xc7: case 0xc8: case 0xc9: *payload = be(p + 1, hl - 1) + 1; break; /* + the type byte */
-  case 0xdc: case 0xdd: *elems = be(p + 1, hl - 1); break;
-  case 0xde: case 0xdf: *elems = 2 * be(p + 1, hl - 1); break;
-  default: /* scalars: their bytes count as payload */
-    *payload = (uint64_t)hl - 1;
-    return 1;
-  }
-  return hl;
-}
-
-/* Advances the checked prefix of the gate as far as the input allows. */
-static void gate_check(mp_gate *g) {
-  while (g->pos < g->len) {
-    if (g->skip) {
-      size_t k = g->len - g->pos < g->skip ? g->len - g->pos : (size_t)g->skip;
-      g->pos += k;
-      g->skip -= k;
-      continue;
-    }
-    const unsigned char *p = (const unsigned char *)g->buf + g->pos;
-    uint64_t elems, payload;
-    int hl = mp_header(p, g->len - g->pos, &elems, &payload);
-    if (hl == 0) return;                                 /* header incomplete */
-    if (elems > g->len - g->pos - (size_t)hl) return;    /* hold it: its elements have not come */
-    g->pos += (size_t)hl;
-    g->skip = payload;
-  }
-}
-
 static void feed(mp_stream *m, const char *data, size_t n) {
-  mp_gate *g = &m->gate;
-  if (g->len + n > g->cap) {
-    size_t cap = g->cap ? g->cap : 4096;
-    while (cap < g->len + n) cap *= 2;
-    char *b = realloc(g->buf, cap);
-    if (!b) rb_raise(rb_eNoMemError, "msgpack: cannot grow the buffer");
-    g->buf = b;
-    g->cap = cap;
-  }
-  memcpy(g->buf + g->len, data, n);
-  g->len += n;
-  gate_check(g);
+  rs_mp_gate *g = &m->gate;
+  if (rs_mp_gate_push(g, data, n) < 0) rb_raise(rb_eNoMemError, "msgpack: cannot grow the buffer");
   if (g->pos == 0) return;
   if (!msgpack_unpacker_reserve_buffer(&m->u, g->pos)) rb_raise(rb_eNoMemError, "msgpack: cannot grow the buffer");
   memcpy(msgpack_unpacker_buffer(&m->u), g->buf, g->pos);
   msgpack_unpacker_buffer_consumed(&m->u, g->pos);
-  g->handed += g->pos;
-  memmove(g->buf, g->buf + g->pos, g->len - g->pos);
-  g->len -= g->pos;
-  g->pos = 0;
+  rs_mp_gate_take(g);
 }
 
-/* A byte that can start no value (0xc1), reached by walking the held bytes
- * token by token as a decoder would: raises at its stream offset, as the
- * msgpack gem would, rather than waiting for elements that cannot help. */
-static void gate_reject_invalid(mp_gate *g) {
-  size_t i = g->pos;
-  uint64_t skip = g->skip;
-  while (i < g->len) {
-    if (skip) {
-      uint64_t k = g->len - i < skip ? g->len - i : skip;
-      i += (size_t)k;
-      skip -= k;
-      continue;
-    }
-    const unsigned char *p = (const unsigned char *)g->buf + i;
-    if (*p == 0xc1) raise_malformed(g->handed + i);
-    uint64_t elems, payload;
-    int hl = mp_header(p, g->len - i, &elems, &payload);
-    if (hl == 0) return;
-    i += (size_t)hl;
-    skip = payload;
-  }
+/* What the gate holds back may already be wrong in a way a decoder reading
+ * in order would report first: say so now, at its stream offset. */
+static void gate_reject_invalid(rs_mp_gate *g) {
+  uint64_t at;
+  int v = rs_mp_gate_verdict(g, &at);
+  if (v == 1) raise_malformed(at);
+  if (v == 2)
+    rb_raise(eStackError, "MessagePack nested deeper than %d levels (msgpack-c's limit) at byte offset %llu",
+             RS_MAX_DEPTH, (unsigned long long)at);
 }
 
 /* Bytes of an unfinished message: msgpack-c's, and any held at the gate. */
@@ -221,21 +131,10 @@ static void raise_parse(int ret, uint64_t offset) {
   raise_malformed(offset);
 }
 
-/* msgpack-c computes an ext32's length + 1 in 32 bits: for 0xffffffff that
- * is 0, and it reports malformed data for what is only a very long ext
- * whose bytes have not come (the gem: EOFError at the end of input). */
-static bool ext32_max_at_error(mp_stream *m) {
-  const unsigned char *p = (const unsigned char *)m->u.buffer + m->u.off;
-  size_t left = m->u.used - m->u.off;
-  static const unsigned char hdr[5] = {0xc9, 0xff, 0xff, 0xff, 0xff};
-  return left >= 5 && memcmp(p, hdr, 5) == 0;
-}
-
 /* The next complete message in the buffer, or false. */
 static bool next_message(mp_stream *m, VALUE *out) {
   int ret = msgpack_unpacker_execute(&m->u);
   if (ret == 0) return false;
-  if (ret < 0 && ext32_max_at_error(m)) return false; /* "not complete yet" */
   if (ret < 0) raise_parse(ret, m->done_bytes + msgpack_unpacker_parsed_size(&m->u));
   msgpack_object obj = msgpack_unpacker_data(&m->u);
   m->done_bytes += msgpack_unpacker_parsed_size(&m->u);
@@ -274,7 +173,7 @@ static VALUE stream_ensure(VALUE p) {
   mp_stream *m = (mp_stream *)p;
   if (m->reader_ready) rs_reader_cleanup(&m->r, m->io);
   if (m->u_ready) msgpack_unpacker_destroy(&m->u);
-  free(m->gate.buf);
+  rs_mp_gate_free(&m->gate);
   return Qnil;
 }
 
@@ -330,7 +229,7 @@ static VALUE unpack_body(VALUE p) {
 
 static VALUE unpack_ensure(VALUE p) {
   msgpack_unpacker_destroy(&((mp_stream *)p)->u);
-  free(((mp_stream *)p)->gate.buf);
+  rs_mp_gate_free(&((mp_stream *)p)->gate);
   return Qnil;
 }
 
