@@ -47,6 +47,7 @@ module Bench
       started = Time.now
       facts = Machine.facts
       cases = Bench.load_cases(@only)
+      require_relative "targets"
       facts << ["peers (bench/peers/Gemfile)", Peers.summary(Peers.install)]
       load_at_start = Machine.load_average
       results = Fixtures.open do |fixtures|

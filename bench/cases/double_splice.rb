@@ -47,19 +47,20 @@ Bench.define(:double_splice) do
   title "a file to a loopback TCP socket drained by another process"
   about <<~MD
     One file (`mib` MiB of random bytes, in the page cache) is sent whole, `passes` times one
-    after the other (each a new call, from offset 0), into one loopback TCP connection; passes
-    only lengthen the window, which a single file at these rates keeps under 0.2 s. The far end is read to end of input by another process (`bench/c/drain.c`,
-    `recv(MSG_TRUNC)`: it discards in the kernel, so the sender is what is measured). The window
-    opens just before the send and closes when the drain has received the last byte; for the
-    contenders that run under a scheduler it is taken inside the scheduler's run.
-    `IO.double_splice` (default `chunk_size`, 64 KiB) runs in a fiber under `Ringspun.run` forced to
-    one backend, with no scheduler, and under Async's scheduler (the readiness path).
-    `IO.copy_stream` (which uses `sendfile(2)` here) and a `read`/`write` loop over one reused
-    64 KiB String are the plain-Ruby ways, with no scheduler; Async runs `IO.copy_stream` in a
-    task. The reference is `bench/c/splice_copy.c`: blocking `splice(2)` file → pipe → socket,
-    64 KiB at a time, through a default (64 KiB) pipe; its row's CPU s, peak RSS and threads are
-    its own. Polyphony runs its own `IO.double_splice`. The issue's targets: `double_splice` at
-    least 0.95x the C loop's throughput, and at most 1.25x its CPU per GiB.
+    after the other (each a new call, from offset 0), into one loopback TCP connection; the
+    passes only lengthen the window, which one file at these rates keeps under 0.2 s. The far
+    end is read to end of input by another process (`bench/c/drain.c`, `recv(MSG_TRUNC)`: it
+    discards in the kernel, so the sender is what is measured). The window opens just before
+    the send and closes when the drain has received the last byte; for the contenders that run
+    under a scheduler it is taken inside the scheduler's run. `IO.double_splice` (default
+    `chunk_size`, 64 KiB) runs in a fiber under `Ringspun.run` forced to one backend, with no
+    scheduler, and under Async's scheduler (the readiness path). `IO.copy_stream` (which uses
+    `sendfile(2)` here) and a `read`/`write` loop over one reused 64 KiB String are the
+    plain-Ruby ways, with no scheduler; Async runs `IO.copy_stream` in a task. The reference is
+    `bench/c/splice_copy.c`: blocking `splice(2)` file → pipe → socket, 64 KiB at a time,
+    through a default (64 KiB) pipe; its row's CPU s, peak RSS and threads are its own.
+    Polyphony runs its own `IO.double_splice`. The issue's targets: `double_splice` at least
+    0.95x the C loop's throughput, and at most 1.25x its CPU per GiB.
   MD
   metric "MiB/s"
   bytes_per_unit 1024 * 1024

@@ -54,17 +54,16 @@ Bench.define(:gunzip) do
     `bench/lib/bench/fixtures.rb`) is decompressed on its way from a file to a loopback TCP
     connection whose far end another process drains (`bench/c/drain.c`); the received size must
     be the text's. The file is decompressed `passes` times one after the other (each a new call
-    from offset 0) down the one connection, which only lengthens the window: inflate is fast and
-    a larger file costs the suite its deflate time to make. Rates are MiB of text (output) per
-    second. The window opens just before the
-    job and closes when the drain has the last byte. `IO.gunzip(src, dest)` runs in a fiber under
-    `Ringspun.run`, forced to one backend. `Zlib::GzipReader` reads the file in 64 KiB pieces
-    into one reused String, each written to the socket, with no scheduler, and in an Async task.
-    The reference is `bench/c/gunzip_copy.c`: `inflateInit2` with windowBits 31, then read
-    64 KiB, `inflate`, write, until end of input; its row's CPU s and peak RSS are its own.
-    Polyphony runs its own `IO.gunzip`. The issue's targets: `IO.gunzip` at least 0.95x the C
-    program's throughput and at least 1.2x `Zlib::GzipReader`'s, and fewer than 1 Ruby object
-    allocated per MiB.
+    from offset 0) down the one connection, which only lengthens the window: inflate is fast,
+    and a larger file would cost the suite its deflate time to make. Rates are MiB of text
+    (output) per second. The window opens just before the job and closes when the drain has the
+    last byte. `IO.gunzip(src, dest)` runs in a fiber under `Ringspun.run`, forced to one
+    backend. `Zlib::GzipReader` reads the file in 64 KiB pieces into one reused String, each
+    written to the socket, with no scheduler, and in an Async task. The reference is
+    `bench/c/gunzip_copy.c`: `inflateInit2` with windowBits 31, then read 64 KiB, `inflate`,
+    write, until end of input; its row's CPU s and peak RSS are its own. Polyphony runs its own
+    `IO.gunzip`. The issue's targets: `IO.gunzip` at least 0.95x the C program's throughput and
+    at least 1.2x `Zlib::GzipReader`'s, and fewer than 1 Ruby object allocated per MiB.
   MD
   metric "MiB/s"
   bytes_per_unit 1024 * 1024

@@ -186,6 +186,24 @@ module Bench
       only.map { |name| registry.fetch(name) { raise ArgumentError, "no case #{name} in #{CASE_DIR}" } }
     end
 
+    # Adds issue targets to a case from outside its file (bench/targets.rb).
+    # A case not loaded in this run is passed over; a target that names a
+    # contender the case does not have is left out with a warning, and one
+    # the case already states is not added twice.
+    def add_targets(name, &block)
+      bench_case = registry[name.to_s] or return
+      extra = Case.new(name)
+      extra.instance_eval(&block)
+      extra.targets.each do |target|
+        missing = target.contenders - bench_case.contenders.keys
+        if missing.empty?
+          bench_case.targets << target unless bench_case.targets.any? { |t| same_target?(t, target) }
+        else
+          warn("bench: #{name}: target #{target.text.inspect} left out: no contender #{missing.join(', ')}")
+        end
+      end
+    end
+
     # Loads only the case's own file: one case per file, named after it.
     def load_case(name)
       path = File.join(CASE_DIR, "#{name}.rb")
@@ -199,6 +217,10 @@ module Bench
 
     def registry
       @registry ||= {}
+    end
+
+    def same_target?(one, other)
+      %i[issue contender kind other comparison bound].all? { |field| one.public_send(field) == other.public_send(field) }
     end
   end
 end

@@ -17,7 +17,7 @@ module Bench
       BAR_H = 24
       PANEL_PAD = 90 # title, axis and gap of a panel, in pixels
       HEADER = 90
-      LABEL_CHARS = 42
+      LABEL_CHARS = 40
       # Colours by what a contender is, read from its label.
       KINDS = [
         [:reference, "#9e9e9e", "the reference (1x)"],
@@ -108,7 +108,7 @@ module Bench
         <<~GP
           set origin #{x},#{y}
           set size #{width},#{height}
-          set lmargin at screen #{x + width * 0.38}
+          set lmargin at screen #{x + width * 0.41}
           set rmargin at screen #{x + width * 0.97}
           set tmargin 2.5
           set bmargin 2.5
