@@ -11,6 +11,7 @@
 #include <ruby/io.h>
 #include <ruby/thread.h>
 #include <unistd.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -143,6 +144,32 @@ long rs_io_buffered(VALUE io, const char **data) {
   if (!fptr || fptr->rbuf.len <= 0) return 0;
   *data = fptr->rbuf.ptr + fptr->rbuf.off;
   return fptr->rbuf.len;
+}
+
+void rs_io_unread(VALUE io, const char *data, long n) {
+  if (n <= 0 || NIL_P(io) || !RB_TYPE_P(io, T_FILE)) return;
+  rb_io_t *fptr = RFILE(io)->fptr;
+  if (!fptr) return;
+  /* IO#ungetbyte refuses more than the buffer's capacity; we make room:
+   * these bytes come before whatever the buffer already holds. */
+  if (fptr->rbuf.ptr && fptr->rbuf.off >= n) {
+    fptr->rbuf.off -= (int)n;
+  } else if (fptr->rbuf.ptr && fptr->rbuf.capa >= fptr->rbuf.len + n) {
+    memmove(fptr->rbuf.ptr + n, fptr->rbuf.ptr + fptr->rbuf.off, (size_t)fptr->rbuf.len);
+    fptr->rbuf.off = 0;
+  } else {
+    long capa = fptr->rbuf.len + n < 8192 ? 8192 : fptr->rbuf.len + n;
+    char *buf = ALLOC_N(char, capa);
+    if (fptr->rbuf.ptr) {
+      memcpy(buf + n, fptr->rbuf.ptr + fptr->rbuf.off, (size_t)fptr->rbuf.len);
+      ruby_xfree(fptr->rbuf.ptr);
+    }
+    fptr->rbuf.ptr = buf;
+    fptr->rbuf.capa = (int)capa;
+    fptr->rbuf.off = 0;
+  }
+  memcpy(fptr->rbuf.ptr + fptr->rbuf.off, data, (size_t)n);
+  fptr->rbuf.len += (int)n;
 }
 
 void rs_io_consume(VALUE io, long n) {
@@ -288,6 +315,7 @@ void rs_pending_start(rs_pending *p, int kind, int fd, void *buf, size_t len) {
   p->buf = buf;
   p->len = len;
   p->active = true;
+  p->salvaged = 0;
   if (!p->s) return;
   rs_op *op = rs_op_new(p->s, kind);
   op->fd = fd;
@@ -307,9 +335,19 @@ ssize_t rs_pending_finish(rs_pending *p) {
   if (p->op) {
     rs_op *op = p->op;
     p->op = NULL;
-    /* If this raises, the op keeps the block until its completion. */
-    n = rs_op_wait(p->s, op);
+    int result = 0;
+    int state = rs_op_wait_salvage(p->s, op, &result);
+    op->block = NULL; /* the kernel is done: the block is the caller's again */
     p->op_owns_block = false;
+    rs_op_release(p->s, op);
+    if (state) {
+      /* A read that completed as the wait was interrupted took bytes from
+       * the fd: keep them (in p->buf) for the caller's cleanup. */
+      p->salvaged = p->kind == RS_OP_READ && result > 0 ? result : 0;
+      p->active = false;
+      rb_jump_tag(state);
+    }
+    n = result;
   }
   p->active = false;
   if (p->kind == RS_OP_READ) return n == -EAGAIN ? rs_io_read_keep(p->fd, p->buf, p->len, Qnil) : n;

@@ -91,6 +91,10 @@ typedef struct mp_stream {
   msgpack_unpacker u;
   bool u_ready;
   rs_mp_gate gate;
+  /* The bytes of the message msgpack-c is in the middle of, so a loop that
+   * ends early (break, Timeout) can put them back into the IO's buffer. */
+  char *raw;
+  size_t raw_off, raw_len, raw_cap;
   mp_opts opts;
   VALUE io;
   rs_reader r;
@@ -98,10 +102,29 @@ typedef struct mp_stream {
   uint64_t done_bytes; /* bytes of the messages already yielded */
 } mp_stream;
 
+static void keep_raw(mp_stream *m, const char *data, size_t n) {
+  if (m->raw_off > 0 && m->raw_off >= m->raw_len / 2) { /* compact now and then */
+    memmove(m->raw, m->raw + m->raw_off, m->raw_len - m->raw_off);
+    m->raw_len -= m->raw_off;
+    m->raw_off = 0;
+  }
+  if (m->raw_len + n > m->raw_cap) {
+    size_t cap = m->raw_cap ? m->raw_cap : 4096;
+    while (cap < m->raw_len + n) cap *= 2;
+    char *b = realloc(m->raw, cap);
+    if (!b) rb_raise(rb_eNoMemError, "msgpack: cannot grow the buffer");
+    m->raw = b;
+    m->raw_cap = cap;
+  }
+  memcpy(m->raw + m->raw_len, data, n);
+  m->raw_len += n;
+}
+
 static void feed(mp_stream *m, const char *data, size_t n) {
   rs_mp_gate *g = &m->gate;
   if (rs_mp_gate_push(g, data, n) < 0) rb_raise(rb_eNoMemError, "msgpack: cannot grow the buffer");
   if (g->pos == 0) return;
+  if (m->io != Qnil && RB_TYPE_P(m->io, T_FILE)) keep_raw(m, g->buf, g->pos);
   if (!msgpack_unpacker_reserve_buffer(&m->u, g->pos)) rb_raise(rb_eNoMemError, "msgpack: cannot grow the buffer");
   memcpy(msgpack_unpacker_buffer(&m->u), g->buf, g->pos);
   msgpack_unpacker_buffer_consumed(&m->u, g->pos);
@@ -137,7 +160,9 @@ static bool next_message(mp_stream *m, VALUE *out) {
   if (ret == 0) return false;
   if (ret < 0) raise_parse(ret, m->done_bytes + msgpack_unpacker_parsed_size(&m->u));
   msgpack_object obj = msgpack_unpacker_data(&m->u);
-  m->done_bytes += msgpack_unpacker_parsed_size(&m->u);
+  size_t size = msgpack_unpacker_parsed_size(&m->u);
+  m->done_bytes += size;
+  m->raw_off = m->raw_off + size > m->raw_len ? m->raw_len : m->raw_off + size;
   *out = to_ruby(&obj, &m->opts, false);
   /* The zone's chunks are kept and reused for the next message. msgpack-c
    * 4 creates the zone only once a message needs one. */
@@ -172,6 +197,11 @@ static VALUE stream_body(VALUE p) {
 static VALUE stream_ensure(VALUE p) {
   mp_stream *m = (mp_stream *)p;
   if (m->reader_ready) rs_reader_cleanup(&m->r, m->io);
+  /* In front of what the reader gave back: the unfinished message's bytes,
+   * then what the gate held. */
+  rs_io_unread(m->io, m->gate.buf, (long)m->gate.len);
+  rs_io_unread(m->io, m->raw + m->raw_off, (long)(m->raw_len - m->raw_off));
+  free(m->raw);
   if (m->u_ready) msgpack_unpacker_destroy(&m->u);
   rs_mp_gate_free(&m->gate);
   return Qnil;

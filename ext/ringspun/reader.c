@@ -9,7 +9,6 @@
 #include <sys/stat.h>
 #include <liburing/io_uring.h>
 
-static ID id_ungetbyte;
 
 static void start(rs_reader *r) {
   rs_pending *p = &r->pend;
@@ -192,7 +191,7 @@ void rs_reader_cleanup(rs_reader *r, VALUE io) {
     if (state) rb_set_errinfo(Qnil);
     disarm(r);
     recycle_current(r);
-    if (!state && !NIL_P(io) && RSTRING_LEN(back) > 0) rb_funcall(io, id_ungetbyte, 1, back);
+    if (!state && !NIL_P(io) && RSTRING_LEN(back) > 0) rs_io_unread(io, RSTRING_PTR(back), RSTRING_LEN(back));
   }
   /* A read-ahead that already took bytes from the fd must not lose them:
    * wait for it (cancelled if still waiting), and give its bytes back to
@@ -200,8 +199,11 @@ void rs_reader_cleanup(rs_reader *r, VALUE io) {
   if (r->pend.active && r->pend.op) {
     /* Wait for it (cancelled if still waiting): nothing stays pending. */
     ssize_t n = rs_pending_drain(&r->pend);
-    if (n > 0 && !NIL_P(io)) rb_funcall(io, id_ungetbyte, 1, rb_str_new(r->pend.buf, n));
+    if (n > 0 && !NIL_P(io)) rs_io_unread(io, r->pend.buf, n);
+  } else if (r->pend.salvaged > 0 && !NIL_P(io)) {
+    rs_io_unread(io, r->pend.buf, r->pend.salvaged); /* read as a Timeout struck */
   }
+  r->pend.salvaged = 0;
   void *kept = NULL;
   if (r->pend.op) {
     rs_op *op = r->pend.op;
@@ -216,7 +218,4 @@ void rs_reader_cleanup(rs_reader *r, VALUE io) {
   }
 }
 
-void rs_init_reader(VALUE mRingspun) {
-  (void)mRingspun;
-  id_ungetbyte = rb_intern("ungetbyte");
-}
+void rs_init_reader(VALUE mRingspun) { (void)mRingspun; }

@@ -221,6 +221,10 @@ int rs_op_await(rs_sched *s, rs_op *op);
  * works: submit (and push to the kernel now), later wait for it. */
 int rs_op_start(rs_sched *s, rs_op *op);
 int rs_op_wait(rs_sched *s, rs_op *op);
+/* rs_op_wait that, when interrupted, still waits for the kernel and then
+ * returns the rb_protect state with *result set, leaving op to the caller
+ * (to release, then re-raise). */
+int rs_op_wait_salvage(rs_sched *s, rs_op *op, int *result);
 void rs_op_release(rs_sched *s, rs_op *op);
 void rs_op_cancel(rs_sched *s, rs_op *op);
 void rs_sched_ready_push(rs_sched *s, rs_op *op);
@@ -257,6 +261,8 @@ VALUE rs_io_end_io(VALUE obj, int side);
  * IO); a primitive moves them before it reads the fd itself. */
 long rs_io_buffered(VALUE io, const char **data);
 void rs_io_consume(VALUE io, long n);
+/* Puts bytes back in front of io's read buffer, however many. */
+void rs_io_unread(VALUE io, const char *data, long n);
 /* Wait for readiness; returns revents (> 0), 0 on timeout, -errno. */
 int rs_io_wait_fd(int fd, short events, int64_t timeout_ns);
 /* One read/write of up to len bytes, waiting for readiness as needed.
@@ -285,6 +291,7 @@ typedef struct rs_pending {
   rs_buf_pool *pool;
   bool active;
   bool op_owns_block;
+  ssize_t salvaged;  /* a read that completed as its wait was interrupted */
 } rs_pending;
 
 void rs_pending_start(rs_pending *p, int kind, int fd, void *buf, size_t len);

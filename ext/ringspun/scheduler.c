@@ -400,6 +400,25 @@ int rs_run_work(int (*fn)(void *), void *arg) {
   return a.ret;
 }
 
+int rs_op_wait_salvage(rs_sched *s, rs_op *op, int *result) {
+  while (!op->done) {
+    int state = park(s, s->loop_fiber);
+    if (!state) continue;
+    VALUE err = rb_errinfo();
+    rs_op_cancel(s, op);
+    ready_unlink(s, op);
+    while (op->kernel_refs > 0) {
+      park(s, s->loop_fiber);
+      ready_unlink(s, op);
+    }
+    if (rb_obj_is_kind_of(err, rb_eException)) rb_set_errinfo(err);
+    *result = op->done ? op->result : -ECANCELED;
+    return state;
+  }
+  *result = op->result;
+  return 0;
+}
+
 /* ---- the loop ------------------------------------------------------------------------ */
 
 /* Another op of `fiber` is queued: it finished (a read that took bytes,

@@ -51,8 +51,16 @@ static int wait_blocked_side(int in, int out, const char **side) {
   return r < 0 ? r : 0;
 }
 
-/* Which side an errno most likely belongs to, for the message. */
-static const char *side_of(int err) {
+/* Which side an errno belongs to, for the message: a reset or hung-up
+ * source says so through poll(2); writing errors are the destination's. */
+static const char *side_of(int err, int in) {
+  struct stat st;
+  if ((err == ECONNRESET || err == ENOTCONN || err == ETIMEDOUT) && fstat(in, &st) == 0 && S_ISSOCK(st.st_mode)) {
+    /* Only a socket source can be reset (a pipe whose writer is gone also
+     * shows POLLHUP). */
+    struct pollfd p = {.fd = in, .events = POLLIN};
+    if (poll(&p, 1, 0) > 0 && (p.revents & (POLLERR | POLLHUP))) return "src";
+  }
   switch (err) {
   case EPIPE:
   case ECONNRESET:
@@ -77,7 +85,7 @@ static long move_once_named(int kind, int in, int out, size_t len, const char *c
   for (;;) {
     long n = splice_step(kind, in, out, len);
     if (n >= 0) return n;
-    if (n != -EAGAIN) rs_raise_side(call, (int)-n, side_of((int)-n));
+    if (n != -EAGAIN) rs_raise_side(call, (int)-n, side_of((int)-n, in));
     const char *side = "src";
     int w = wait_blocked_side(in, out, &side);
     if (w < 0) rs_raise_side(call, -w, side);
