@@ -150,7 +150,7 @@ module RingspunTest
 
   # Counts again until they match `want`, for up to `patience` seconds: Ruby
   # threads and io_uring's io-wq workers exit asynchronously.
-  def self.settled_counts(want, patience: 1.0)
+  def self.settled_counts(want, patience: 5.0)
     deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + patience
     loop do
       now = counts
