@@ -88,34 +88,40 @@ int rs_mp_gate_push(rs_mp_gate *g, const char *data, size_t n) {
 
 void rs_mp_gate_take(rs_mp_gate *g) {
   if (g->pos == 0) return;
+  if (g->scan_valid && g->scan_i >= g->pos) g->scan_i -= g->pos;
+  else g->scan_valid = 0;
   memmove(g->buf, g->buf + g->pos, g->len - g->pos);
   g->len -= g->pos;
   g->handed += g->pos;
   g->pos = 0;
 }
 
-int rs_mp_gate_verdict(const rs_mp_gate *g, uint64_t *offset) {
-  uint64_t left[RS_MP_MAX_DEPTH];
-  int depth = g->depth;
-  memcpy(left, g->left, sizeof(left));
-  size_t i = g->pos;
-  uint64_t skip = g->skip;
-  while (i < g->len) {
-    if (skip) {
-      uint64_t k = g->len - i < skip ? g->len - i : skip;
-      i += (size_t)k;
-      skip -= k;
+int rs_mp_gate_verdict(rs_mp_gate *g, uint64_t *offset) {
+  /* Resume the last walk when it is still ahead of pos: check() moves pos
+   * along the same walk, so the state there is the same. */
+  if (!g->scan_valid || g->scan_i < g->pos) {
+    g->scan_i = g->pos;
+    g->scan_skip = g->skip;
+    g->scan_depth = g->depth;
+    memcpy(g->scan_left, g->left, sizeof(g->left));
+    g->scan_valid = 1;
+  }
+  while (g->scan_i < g->len) {
+    if (g->scan_skip) {
+      uint64_t k = g->len - g->scan_i < g->scan_skip ? g->len - g->scan_i : g->scan_skip;
+      g->scan_i += (size_t)k;
+      g->scan_skip -= k;
       continue;
     }
-    const unsigned char *p = (const unsigned char *)g->buf + i;
-    *offset = g->handed + i;
+    const unsigned char *p = (const unsigned char *)g->buf + g->scan_i;
+    *offset = g->handed + g->scan_i;
     if (*p == 0xc1) return 1;
     uint64_t elems, payload;
-    int hl = header(p, g->len - i, &elems, &payload);
+    int hl = header(p, g->len - g->scan_i, &elems, &payload);
     if (hl == 0) return 0;
-    if (nest(left, &depth, p[0], elems) < 0) return 2;
-    i += (size_t)hl;
-    skip = payload;
+    if (nest(g->scan_left, &g->scan_depth, p[0], elems) < 0) return 2;
+    g->scan_i += (size_t)hl;
+    g->scan_skip = payload;
   }
   return 0;
 }

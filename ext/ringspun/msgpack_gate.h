@@ -21,6 +21,12 @@ typedef struct rs_mp_gate {
    * still due at each level. */
   uint64_t left[RS_MP_MAX_DEPTH];
   int depth;
+  /* rs_mp_gate_verdict's walk so far, so each byte is walked once. */
+  size_t scan_i;
+  uint64_t scan_skip;
+  uint64_t scan_left[RS_MP_MAX_DEPTH];
+  int scan_depth;
+  int scan_valid;
 } rs_mp_gate;
 
 /* Appends input and checks as far as it allows; -1 when out of memory. */
@@ -30,6 +36,6 @@ void rs_mp_gate_take(rs_mp_gate *g);
 /* Walks the held bytes as a decoder would. Returns 0, or 1 with *offset at
  * a byte that starts no value (0xc1), or 2 with *offset at the container
  * that nests deeper than RS_MP_MAX_DEPTH levels. */
-int rs_mp_gate_verdict(const rs_mp_gate *g, uint64_t *offset);
+int rs_mp_gate_verdict(rs_mp_gate *g, uint64_t *offset);
 void rs_mp_gate_free(rs_mp_gate *g);
 #endif

@@ -245,6 +245,10 @@ module RingspunTest
         pump.value
         moved
       rescue StandardError
+        # The pump's failure is the cause of ours (it closed the pipe): give it
+        # a moment to finish (a thread still in its ensure would lose the race).
+        deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 2
+        sleep 0.001 while pump.alive? && Process.clock_gettime(Process::CLOCK_MONOTONIC) < deadline
         status, cause = pump.result unless pump.alive?
         raise cause if status == :error && !cause.is_a?(Stopped)
 
