@@ -292,18 +292,23 @@ static int park(rs_sched *s, VALUE target) {
 /* Interrupted while waiting: cancel, and wait for the op's last completion
  * before letting go, so no buffer is written and no op outlives the
  * exception. */
-static void op_abort(rs_sched *s, rs_op *op, int state) {
+/* Cancels op and parks until its last completion, keeping the exception
+ * being raised. Every op, not only those holding Ruby memory: an exception
+ * that leaves a cancelled op in flight would leave work behind it. A cancel
+ * completes on the next turn of the loop. */
+static void cancel_and_drain(rs_sched *s, rs_op *op) {
   VALUE err = rb_errinfo();
   rs_op_cancel(s, op);
   ready_unlink(s, op);
-  /* Every op, not only those holding Ruby memory: an exception that leaves
-   * a cancelled op in flight would leave work behind it. A cancel completes
-   * on the next turn of the loop. */
   while (op->kernel_refs > 0) {
     park(s, s->loop_fiber);
     ready_unlink(s, op);
   }
   if (rb_obj_is_kind_of(err, rb_eException)) rb_set_errinfo(err);
+}
+
+static void op_abort(rs_sched *s, rs_op *op, int state) {
+  cancel_and_drain(s, op);
   rs_op_release(s, op);
   rb_jump_tag(state);
 }
@@ -404,14 +409,7 @@ int rs_op_wait_salvage(rs_sched *s, rs_op *op, int *result) {
   while (!op->done) {
     int state = park(s, s->loop_fiber);
     if (!state) continue;
-    VALUE err = rb_errinfo();
-    rs_op_cancel(s, op);
-    ready_unlink(s, op);
-    while (op->kernel_refs > 0) {
-      park(s, s->loop_fiber);
-      ready_unlink(s, op);
-    }
-    if (rb_obj_is_kind_of(err, rb_eException)) rb_set_errinfo(err);
+    cancel_and_drain(s, op);
     *result = op->done ? op->result : -ECANCELED;
     return state;
   }
