@@ -136,18 +136,6 @@ static int prep_native(struct io_uring_sqe *sqe, rs_op *op) {
   case RS_OP_WRITE:
     io_uring_prep_write(sqe, op->fd, op->buf, (unsigned)op->len, (uint64_t)op->off);
     return 0;
-  case RS_OP_RECV:
-    io_uring_prep_recv(sqe, op->fd, op->buf, op->len, (int)op->op_flags);
-    return 0;
-  case RS_OP_SEND:
-    io_uring_prep_send(sqe, op->fd, op->buf, op->len, (int)op->op_flags);
-    return 0;
-  case RS_OP_SPLICE:
-    io_uring_prep_splice(sqe, op->fd, op->off, op->fd_out, op->off_out, (unsigned)op->len, op->op_flags);
-    return 0;
-  case RS_OP_TEE:
-    io_uring_prep_tee(sqe, op->fd, op->fd_out, (unsigned)op->len, op->op_flags);
-    return 0;
   case RS_OP_RECV_MULTI:
     io_uring_prep_recv_multishot(sqe, op->fd, NULL, 0, 0);
     sqe->flags |= IOSQE_BUFFER_SELECT;

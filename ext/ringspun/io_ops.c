@@ -379,17 +379,6 @@ ssize_t rs_pending_drain(rs_pending *p) {
   return NUM2LONG(n);
 }
 
-void rs_pending_cleanup(rs_pending *p) {
-  p->active = false;
-  if (p->op) {
-    rs_op *op = p->op;
-    p->op = NULL;
-    rs_op_release(p->s, op); /* cancels; the completion frees the block */
-  }
-  if (!p->op_owns_block && p->block) rs_buf_put(p->pool, p->block);
-  p->block = NULL;
-}
-
 void rs_init_io_ops(VALUE mRingspun) {
   (void)mRingspun;
   id_for_fd = rb_intern("for_fd");

@@ -18,7 +18,6 @@
 #define RS_MAX_DEPTH MSGPACK_EMBED_STACK_SIZE
 
 static VALUE mMessagePack, cExtensionValue, eMalformed, eUnknownExt, eStackError;
-static ID id_type, id_payload;
 
 typedef struct mp_opts {
   bool symbolize_keys, freeze, allow_unknown_ext;
@@ -399,8 +398,6 @@ void rs_init_msgpack(VALUE mRingspun) {
   eUnknownExt = rb_define_class_under(mMessagePack, "UnknownExtTypeError", eUnpack);
   eStackError = rb_define_class_under(mMessagePack, "StackError", eUnpack);
   cExtensionValue = rb_struct_define_under(mMessagePack, "ExtensionValue", "type", "payload", NULL);
-  id_type = rb_intern("type");
-  id_payload = rb_intern("payload");
   rb_define_module_function(mMessagePack, "pack", mp_pack, 1);
   rb_define_module_function(mMessagePack, "pack_all", mp_pack_all, 1);
   rb_define_module_function(mMessagePack, "unpack", mp_unpack, -1);

@@ -19,7 +19,7 @@
 #include <liburing/io_uring.h>
 
 static VALUE cScheduler, cFiber;
-static ID id_new, id_blocking, id_report, id_wait, id_io_uring, id_epoll, id_auto;
+static ID id_new, id_blocking, id_report, id_io_uring, id_epoll, id_auto;
 
 /* Bumped in every forked child, so a scheduler notices it was inherited. */
 static volatile unsigned long fork_generation;
@@ -927,7 +927,6 @@ void rs_init_scheduler(VALUE mRingspun) {
   id_new = rb_intern("new");
   id_blocking = rb_intern("blocking");
   id_report = rb_intern("report_fiber_error");
-  id_wait = rb_intern("wait");
   id_io_uring = rb_intern("io_uring");
   id_epoll = rb_intern("epoll");
   id_auto = rb_intern("auto");
