@@ -32,7 +32,7 @@ module Ringspun
     # @raise [Exception] whatever the block raised
     def run(backend: nil, &block)
       raise ArgumentError, "Ringspun.run needs a block" unless block
-      return Thread.new { run(backend: backend, &block) }.value if Fiber.scheduler
+      return nested_run(backend, block) if Fiber.scheduler
 
       scheduler = Scheduler.new(backend: backend)
       Fiber.set_scheduler(scheduler)
@@ -60,6 +60,16 @@ module Ringspun
     end
 
     private
+
+    # The run's own thread; its exception reaches the caller through #value,
+    # so the thread does not report it a second time.
+    def nested_run(backend, block)
+      thread = Thread.new do
+        Thread.current.report_on_exception = false
+        run(backend: backend, &block)
+      end
+      thread.value
+    end
 
     def run_main(scheduler, block)
       outcome = nil

@@ -443,6 +443,32 @@ module SpliceContract
     end
   end
 
+
+  # The destination is full when the Timeout strikes, so bytes sit in the
+  # private pipe: they go back to the source, and calling again delivers
+  # every byte in order (the source's IO may now buffer some of them).
+  def test_double_splice_called_again_after_a_timeout_with_a_full_destination
+    data = random_bytes(23, 600 * KIB + 7)
+    in_mode do
+      src_r, src_w = unix_pair
+      dst_r, dst_w = IO.pipe
+      feeder = go do
+        src_w.write(data)
+        src_w.close
+      end
+      assert_raises(Timeout::Error) { Timeout.timeout(0.2) { IO.double_splice(src_r, dst_w, chunk_size: 16 * KIB) } }
+      reader = go { dst_r.read }
+      rest = IO.double_splice(src_r, dst_w, chunk_size: 16 * KIB)
+      dst_w.close
+      out = reader.value
+      feeder.value
+      assert_equal sha256(data), sha256(out), "#{out.bytesize} of #{data.bytesize} bytes came out"
+      assert_operator rest, :<, data.bytesize
+      assert_no_pending_operations
+    ensure
+      close_all(src_r, src_w, dst_r, dst_w)
+    end
+  end
   def test_peer_closing_mid_transfer_raises_promptly
     path = sparse_file(@dir, "big.bin", 64 * MIB)
     %i[unix tcp].each do |kind|

@@ -185,6 +185,7 @@ typedef struct dsplice {
   int64_t in_pipe;  /* bytes spliced into the pipe, not yet out */
   int64_t total;
   bool eof;
+  VALUE src_io;     /* the IO behind src (nil for an fd): takes back what an interruption strands */
 } dsplice;
 
 int rs_pipe_open(int fds[2], size_t want, size_t *cap) {
@@ -206,14 +207,6 @@ static int open_pipe(dsplice *d) {
   return 0;
 }
 
-static VALUE close_pipe(VALUE p) {
-  dsplice *d = (dsplice *)p;
-  if (d->pipe_r >= 0) close(d->pipe_r);
-  if (d->pipe_w >= 0) close(d->pipe_w);
-  d->pipe_r = d->pipe_w = -1;
-  return Qnil;
-}
-
 static size_t fill_len(dsplice *d) {
   size_t room = d->cap - (size_t)d->in_pipe;
   return room < d->chunk ? room : d->chunk;
@@ -227,6 +220,42 @@ static void account_fill(dsplice *d, long n) {
 static void account_drain(dsplice *d, long n) {
   d->in_pipe -= n;
   d->total += n;
+}
+
+/* An interruption (Timeout, Fiber#raise) or a failed dest can leave bytes
+ * in the private pipe that left src but never reached dest. Closing the
+ * pipe would lose them: give dest what it takes without waiting, and put
+ * the rest back in front of src's read buffer, so the next call on src
+ * picks up exactly where this one stopped. An Integer fd has no buffer to
+ * take them back. */
+static void salvage_pipe(dsplice *d) {
+  while (d->in_pipe > 0) {
+    long n = splice_step(RS_OP_SPLICE, d->pipe_r, d->dst, (size_t)d->in_pipe);
+    if (n <= 0) break;
+    account_drain(d, n);
+  }
+  if (d->in_pipe <= 0 || NIL_P(d->src_io) || d->src_io == Qundef) return;
+  VALUE str = rb_str_buf_new(d->in_pipe); /* not malloc: rs_io_unread may raise */
+  char *buf = RSTRING_PTR(str);
+  long got = 0;
+  while (got < d->in_pipe) {
+    ssize_t n = read(d->pipe_r, buf + got, (size_t)(d->in_pipe - got));
+    if (n > 0) got += n;
+    else if (n < 0 && errno == EINTR) continue;
+    else break;
+  }
+  d->in_pipe -= got;
+  rs_io_unread(d->src_io, buf, got);
+  RB_GC_GUARD(str);
+}
+
+static VALUE close_pipe(VALUE p) {
+  dsplice *d = (dsplice *)p;
+  if (d->in_pipe > 0 && d->pipe_r >= 0) salvage_pipe(d);
+  if (d->pipe_r >= 0) close(d->pipe_r);
+  if (d->pipe_w >= 0) close(d->pipe_w);
+  d->pipe_r = d->pipe_w = -1;
+  return Qnil;
 }
 
 /* Both halves move whenever they can: a non-blocking splice into the pipe,
@@ -273,7 +302,8 @@ static VALUE io_s_double_splice(int argc, VALUE *argv, VALUE klass) {
     chunk = (size_t)c > RS_SPLICE_MAX_CHUNK ? RS_SPLICE_MAX_CHUNK : (size_t)c;
   }
   rs_end in = rs_end_of(src, RS_SIDE_READ, "double_splice"), out = rs_end_of(dest, RS_SIDE_WRITE, "double_splice");
-  dsplice d = {.src = in.fd, .dst = out.fd, .pipe_r = -1, .pipe_w = -1, .chunk = chunk};
+  dsplice d = {.src = in.fd, .dst = out.fd, .pipe_r = -1, .pipe_w = -1, .chunk = chunk,
+               .src_io = rs_io_end_io(src, RS_SIDE_READ)};
   d.total = rs_move_buffered(src, out.fd, SIZE_MAX, "double_splice");
   int ret = open_pipe(&d);
   if (ret < 0) rs_raise_errno(-ret, "double_splice: pipe2");
