@@ -1342,6 +1342,33 @@ module SchedulerContract
     end
   end
 
+  # A regular file whose pages are not in the page cache: RWF_NOWAIT says
+  # EAGAIN while poll(2) says ready. Every read must still return data (no
+  # endless wait-and-retry), in readpartial-sized pieces and whole.
+  def test_regular_file_reads_with_a_cold_page_cache
+    data = payload(7, 4 * MIB + 3)
+    Dir.mktmpdir("ringspun-cold") do |dir|
+      path = File.join(dir, "cold.bin")
+      File.binwrite(path, data)
+      result = run_rs(limit: 20) do
+        pieces = File.open(path, "rb") do |f|
+          f.fdatasync
+          f.advise(:dontneed)
+          out = String.new(encoding: Encoding::BINARY)
+          loop { out << f.readpartial(65_536) }
+        rescue EOFError
+          out
+        end
+        whole = File.open(path, "rb") do |f|
+          f.advise(:dontneed)
+          f.read
+        end
+        [sha(pieces), sha(whole)]
+      end
+      assert_equal [sha(data), sha(data)], result
+    end
+  end
+
   # Ruby 3.1 sends read_nonblock through the io_read hook (length 0) and
   # expects -EAGAIN back when nothing is there; readpartial and friends then
   # call io_wait themselves.

@@ -249,6 +249,31 @@ static bool fd_ready(int fd, short events) {
   return poll(&p, 1, 0) > 0;
 }
 
+/* Sets fd's "EAGAIN last time" bit; returns its previous value. An fd
+ * beyond what the table can grow to counts as set (the poll(2) check). */
+static bool again_mark(rs_sched *s, int fd, bool on) {
+  size_t word = (size_t)fd / 64;
+  uint64_t bit = 1ULL << (fd % 64);
+  if (word >= s->again_words) {
+    if (!on) return false;
+    size_t n = word + 1 < 64 ? 64 : 2 * (word + 1);
+    s->again_bits = ruby_xrealloc2(s->again_bits, n, sizeof(uint64_t));
+    memset(s->again_bits + s->again_words, 0, (n - s->again_words) * sizeof(uint64_t));
+    s->again_words = n;
+  }
+  bool was = (s->again_bits[word] & bit) != 0;
+  if (on) s->again_bits[word] |= bit;
+  else s->again_bits[word] &= ~bit;
+  return was;
+}
+
+/* One attempt for Ruby's own read/write (length 0). RWF_NOWAIT's EAGAIN
+ * means "wait" for a socket or pipe, but for a regular file it means "not
+ * in the page cache" while poll(2) says ready, and returning it would have
+ * Ruby wait and retry forever. The first EAGAIN on an fd goes straight
+ * back to Ruby, which waits; a second one in a row (a spurious wakeup, or
+ * that regular file) asks poll(2), and a ready fd is read through the
+ * ring, which does block on the page cache. */
 ssize_t rs_io_once(int kind, int fd, void *buf, size_t len, VALUE keep) {
   short events = kind == RS_OP_READ ? POLLIN : POLLOUT;
   rs_sched *s = native_sched();
@@ -257,9 +282,12 @@ ssize_t rs_io_once(int kind, int fd, void *buf, size_t len, VALUE keep) {
     return n >= 0 ? n : -errno;
   }
   ssize_t n = try_nowait(kind, fd, buf, len);
-  if (n != -EAGAIN || !fd_ready(fd, events)) return n;
-  /* Ready by poll(2), yet RWF_NOWAIT said no: a regular file whose pages
-   * are not cached. A real read through the ring. */
+  if (n != -EAGAIN) {
+    if (fd >= 0 && (size_t)fd / 64 < s->again_words) again_mark(s, fd, false);
+    return n;
+  }
+  if (fd < 0 || !again_mark(s, fd, true) || !fd_ready(fd, events)) return n;
+  again_mark(s, fd, false);
   return native_rw(s, kind, fd, buf, len, keep);
 }
 

@@ -202,6 +202,9 @@ struct rs_sched {
   size_t inflight;      /* ops with kernel_refs > 0 */
   pid_t pid;            /* owner process, to spot a forked child */
   VALUE thread;
+  /* One bit per fd: its last RWF_NOWAIT try said EAGAIN (io_ops.c). */
+  uint64_t *again_bits;
+  size_t again_words;
   bool closing, closed;
 };
 

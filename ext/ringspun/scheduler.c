@@ -74,6 +74,7 @@ static void sched_free(void *p) {
   rs_op_pool_destroy(&w->s.pool);
   rs_buf_pool_destroy(&w->s.bufs);
   if (w->s.block_ops) st_free_table(w->s.block_ops);
+  xfree(w->s.again_bits);
   xfree(w);
 }
 
