@@ -86,6 +86,13 @@ module RingspunTest
     exec(launcher, RUBY, *argv.drop(1))
   end
 
+  # A sanitizer build (Rakefile) preloads its runtime into this process. A
+  # Ruby child loads the same extension and needs it; other programs must
+  # not get it (curl hangs under the ASan runtime), so it leaves ENV here
+  # and Ruby children get it back through RUBY_ENV.
+  RUBY_ENV = ENV["RINGSPUN_SANITIZER_PRELOAD"] ? { "LD_PRELOAD" => ENV["RINGSPUN_SANITIZER_PRELOAD"] }.freeze : {}.freeze
+  ENV.delete("LD_PRELOAD") unless RUBY_ENV.empty?
+
   # Why io_uring cannot be used in this process, or nil when it can.
   def self.io_uring_unavailable
     return @io_uring_unavailable if defined?(@io_uring_unavailable)
@@ -295,7 +302,7 @@ module RingspunTest
       cmd = [*launcher, RUBY, "-I", File.join(ROOT, "lib"), "-rringspun", "-e", code]
       out_r, out_w = IO.pipe
       err_r, err_w = IO.pipe
-      pid = Process.spawn(env, *cmd, out: out_w, err: err_w, in: File::NULL)
+      pid = Process.spawn(RUBY_ENV.merge(env), *cmd, out: out_w, err: err_w, in: File::NULL)
       out_w.close
       err_w.close
       out = Thread.new { out_r.read }
