@@ -36,7 +36,8 @@ require_relative "support/faults"
 module RingspunTest
   module FaultScale
     FULL = ENV["FAULTS"] == "full"
-    TIMEOUTS = { io_uring: 1000, epoll: 1000, blocking: 1000 }.freeze
+    # FAULTS_TIMEOUTS=N: N per mode instead (the sanitizer pass of `rake test`).
+    TIMEOUTS = %i[io_uring epoll blocking].to_h { |mode| [mode, Integer(ENV.fetch("FAULTS_TIMEOUTS", "1000"))] }.freeze
     COMPACT_EVERY = FULL ? 1 : 10
     MEMORY_ITERATIONS = Integer(ENV.fetch("FAULTS_MEMORY_ITERATIONS", "100000"))
   end

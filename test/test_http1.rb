@@ -143,6 +143,94 @@ module Http1Contract
     end
   end
 
+  # ---- from a regular file (sendfile(2) to a non-blocking socket) -------------------
+
+  # Sends from the file at `path` (opened, then prepared by the block) into
+  # one end of a UNIX socket pair whose reader waits for `hold` before it
+  # reads; returns [the call's value or error, what the reader got].
+  def send_file_while(path, maxlen: 65_536, hold: nil)
+    SP.with_pair(:unix) do |r, w|
+      File.open(path, "rb") do |f|
+        yield f, w if block_given? && hold.nil?
+        sender = go do
+          IO.http1_splice_chunked(f, w, maxlen)
+        rescue StandardError => e
+          e
+        ensure
+          w.close_write
+        end
+        hold&.call(f)
+        reader = go { r.read.b }
+        [sender.value, reader.value]
+      end
+    end
+  end
+
+  def test_from_a_file_after_a_seek_and_a_gets_every_byte_from_there_on
+    data = SP.bytes(300_000, 21)
+    with_tmpdir do |dir|
+      path = data_file(dir, "body", "head line\n#{data}".b)
+      in_mode do
+        n, raw = send_file_while(path, maxlen: 70_000) do |f, _|
+          f.seek(5)
+          assert_equal "line\n", f.gets
+        end
+        payload, sizes = SP.strict_unchunk(raw)
+        assert_equal data.bytesize, n
+        assert_same_bytes data, payload
+        assert sizes.all? { |s| s.between?(1, 70_000) }, sizes.inspect
+      end
+    end
+  end
+
+  # The destination is full while the file grows: the bytes appended go out
+  # too, in chunks of their own.
+  def test_from_a_file_that_grows_while_it_is_sent
+    data = SP.bytes(4 * 1024 * 1024, 22)
+    more = SP.bytes(10_000, 23)
+    with_tmpdir do |dir|
+      path = data_file(dir, "body", data)
+      in_mode do
+        grow = ->(_) { sleep 0.05; File.open(path, "ab") { |a| a.write(more) } }
+        n, raw = send_file_while(path, hold: grow)
+        payload, = SP.strict_unchunk(raw)
+        assert_equal data.bytesize + more.bytesize, n
+        assert_same_bytes data + more, payload
+      end
+    end
+  end
+
+  # Truncated while a chunk it announced is being sent: EOFError, never a
+  # short chunk passed off as whole.
+  def test_from_a_file_truncated_while_it_is_sent_raises_eof_error
+    data = SP.bytes(4 * 1024 * 1024, 24)
+    with_tmpdir do |dir|
+      path = data_file(dir, "body", data)
+      in_mode do
+        cut = ->(_) { sleep 0.05; File.truncate(path, 0) }
+        error, raw = send_file_while(path, hold: cut)
+        assert_instance_of EOFError, error
+        assert_match(/src ended \d+ bytes into a chunk it had announced/, error.message)
+        assert_operator raw.bytesize, :<, data.bytesize
+      end
+    end
+  end
+
+  # A blocking socket as dest takes the pipe path (sendfile would block with
+  # the GVL held): the same framing.
+  def test_from_a_file_to_a_blocking_socket
+    require "io/nonblock"
+    data = SP.bytes(200_001, 25)
+    with_tmpdir do |dir|
+      path = data_file(dir, "body", data)
+      in_mode do
+        n, raw = send_file_while(path) { |_, w| w.nonblock = false }
+        assert_equal data.bytesize, n
+        assert_same_bytes SP.chunked(SP.pieces(data, 65_536)), raw
+      end
+    end
+  end
+
   # A proxy reads the upstream's head with gets, then sends the rest on:
   # the body bytes Ruby already buffered are part of src.
   def test_bytes_ruby_already_buffered_from_src_go_out_first

@@ -311,6 +311,10 @@ ssize_t rs_pending_drain(rs_pending *p);
 typedef struct rs_end {
   int fd;
   bool is_pipe;
+  bool is_file;     /* a regular file */
+  bool is_socket;
+  bool nonblock;    /* O_NONBLOCK is set */
+  int64_t size;     /* st_size, when the stat was taken */
 } rs_end;
 
 /* A primitive's src (RS_SIDE_READ) or dest, checked: open, the right

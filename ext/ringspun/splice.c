@@ -110,12 +110,14 @@ void rs_splice_exactly(int in, int out, size_t len, const char *call) {
 
 /* ---- argument checks ---------------------------------------------------------------- */
 
-static void check_access(int fd, bool want_write, const char *call, const char *side) {
+/* Returns the fd's status flags. */
+static int check_access(int fd, bool want_write, const char *call, const char *side) {
   int fl = fcntl(fd, F_GETFL);
   if (fl < 0) rs_raise_side(call, errno, side);
   int mode = fl & O_ACCMODE;
   bool ok = want_write ? (mode == O_WRONLY || mode == O_RDWR) : (mode == O_RDONLY || mode == O_RDWR);
   if (!ok) rs_raise_side(call, EBADF, side);
+  return fl;
 }
 
 rs_end rs_end_of(VALUE obj, int side, const char *call) {
@@ -124,7 +126,10 @@ rs_end rs_end_of(VALUE obj, int side, const char *call) {
   struct stat st;
   if (fstat(e.fd, &st) < 0) rs_raise_side(call, errno, side == RS_SIDE_READ ? "src" : "dest");
   e.is_pipe = S_ISFIFO(st.st_mode);
-  check_access(e.fd, side == RS_SIDE_WRITE, call, side == RS_SIDE_READ ? "src" : "dest");
+  e.is_file = S_ISREG(st.st_mode);
+  e.is_socket = S_ISSOCK(st.st_mode);
+  e.size = (int64_t)st.st_size;
+  e.nonblock = (check_access(e.fd, side == RS_SIDE_WRITE, call, side == RS_SIDE_READ ? "src" : "dest") & O_NONBLOCK) != 0;
   return e;
 }
 
