@@ -455,6 +455,10 @@ class TestFaultsMemory < RingspunTest::Case
     RUBY
 
     def test_rss_stays_flat_over_100_000_gzip_gunzip_and_double_splice_calls
+      # ASan holds freed memory in its quarantine (256 MiB) before reusing
+      # it, so RSS climbs until that fills whatever the extension does.
+      skip "RSS means nothing under AddressSanitizer" unless RingspunTest::RUBY_ENV.empty?
+
       iterations = RingspunTest::FaultScale::MEMORY_ITERATIONS
       code = "require 'tmpdir'; require 'fileutils'; ARGV.replace([#{iterations}]); #{SCRIPT}"
       out, err, status = ruby_subprocess(code, timeout: 120)
