@@ -86,12 +86,16 @@ class IO
   # @!method self.http1_splice_chunked(src, dest, maxlen = 65536)
   #   Sends everything from src to dest as an HTTP/1.1 chunked body
   #   ("<hex size>\r\n", the bytes, "\r\n", ..., "0\r\n\r\n"), the bytes
-  #   spliced, never read into Ruby.
+  #   spliced, never read into Ruby. From a regular file to a non-blocking
+  #   socket each chunk is what is left of the file (at most maxlen), sent
+  #   with sendfile(2); a file that grows while it is sent is followed to
+  #   its new end.
   #   @param src [IO, Ringspun::Pipe, Integer]
   #   @param dest [IO, Ringspun::Pipe, Integer]
   #   @param maxlen [Integer] the largest chunk
   #   @return [Integer] payload bytes sent
   #   @raise [ArgumentError] maxlen <= 0
+  #   @raise [EOFError] a file src shrank under a chunk already announced
   #   @raise [Errno::EPIPE, Errno::ECONNRESET] the client has gone
 
   # @!method self.http1_splice_unchunked(src, dest)
