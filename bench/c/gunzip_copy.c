@@ -21,34 +21,10 @@
 #include <zlib.h>
 
 #include "figures.h"
+#define PROGRAM "gunzip_copy"
+#include "copy_io.h"
 
 #define CHUNK 65536
-
-static void die(const char *what) {
-  perror(what);
-  exit(1);
-}
-
-static void write_all(int fd, const unsigned char *p, size_t len, long long *total) {
-  while (len > 0) {
-    ssize_t n = write(fd, p, len);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      die("gunzip_copy: write");
-    }
-    p += n;
-    len -= (size_t)n;
-    *total += n;
-  }
-}
-
-static size_t read_some(int fd, unsigned char *p, size_t len) {
-  for (;;) {
-    ssize_t n = read(fd, p, len);
-    if (n >= 0) return (size_t)n;
-    if (errno != EINTR) die("gunzip_copy: read");
-  }
-}
 
 static void fail(z_stream *z, int ret) {
   fprintf(stderr, "gunzip_copy: inflate: %s\n", z->msg ? z->msg : zError(ret));
@@ -95,15 +71,15 @@ int main(int argc, char **argv) {
   long long start_ns = figures_now_ns();
   long passes = argc == 3 ? strtol(argv[2], NULL, 10) : 1;
   int src = open(argv[1], O_RDONLY | O_CLOEXEC);
-  if (src < 0) die("gunzip_copy: open");
+  if (src < 0) die("open");
 
   static unsigned char in[CHUNK], out[CHUNK];
   long long in_total = 0, out_total = 0;
   for (long pass = 0; pass < passes; pass++) {
-    if (lseek(src, 0, SEEK_SET) < 0) die("gunzip_copy: lseek");
+    if (lseek(src, 0, SEEK_SET) < 0) die("lseek");
     gunzip_file(src, in, out, &in_total, &out_total);
   }
-  if (close(1) < 0) die("gunzip_copy: close");
+  if (close(1) < 0) die("close");
   figures_print(stderr, start_ns, in_total, out_total);
   return 0;
 }

@@ -18,34 +18,10 @@
 #include <zlib.h>
 
 #include "figures.h"
+#define PROGRAM "gzip_copy"
+#include "copy_io.h"
 
 #define CHUNK 65536
-
-static void die(const char *what) {
-  perror(what);
-  exit(1);
-}
-
-static void write_all(int fd, const unsigned char *p, size_t len, long long *total) {
-  while (len > 0) {
-    ssize_t n = write(fd, p, len);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      die("gzip_copy: write");
-    }
-    p += n;
-    len -= (size_t)n;
-    *total += n;
-  }
-}
-
-static size_t read_some(int fd, unsigned char *p, size_t len) {
-  for (;;) {
-    ssize_t n = read(fd, p, len);
-    if (n >= 0) return (size_t)n;
-    if (errno != EINTR) die("gzip_copy: read");
-  }
-}
 
 int main(int argc, char **argv) {
   if (argc < 2 || argc > 3) {
@@ -55,7 +31,7 @@ int main(int argc, char **argv) {
   long long start_ns = figures_now_ns();
   int level = argc == 3 ? atoi(argv[2]) : 6;
   int src = open(argv[1], O_RDONLY | O_CLOEXEC);
-  if (src < 0) die("gzip_copy: open");
+  if (src < 0) die("open");
 
   static unsigned char in[CHUNK], out[CHUNK];
   z_stream z = {0};
@@ -83,7 +59,7 @@ int main(int argc, char **argv) {
     } while (z.avail_out == 0);
   } while (flush != Z_FINISH);
   deflateEnd(&z);
-  if (close(1) < 0) die("gzip_copy: close");
+  if (close(1) < 0) die("close");
   figures_print(stderr, start_ns, in_total, out_total);
   return 0;
 }
