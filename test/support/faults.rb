@@ -88,26 +88,9 @@ module RingspunTest
 
     # ---- streams --------------------------------------------------------------------
 
-    # [reading end, writing end] of a fresh stream of the kind (for sockets
-    # both ends can do both; the names say how the rig uses them).
-    def self.open_pair(kind)
-      ios =
-        case kind
-        when :pipe then IO.pipe
-        when :unix then UNIXSocket.pair
-        when :tcp then tcp_pair
-        else raise ArgumentError, "no such stream kind: #{kind.inspect}"
-        end
-      ios.each(&:binmode)
-    end
-
-    def self.tcp_pair
-      server = TCPServer.new("127.0.0.1", 0)
-      client = TCPSocket.new("127.0.0.1", server.local_address.ip_port)
-      [server.accept, client]
-    ensure
-      server&.close
-    end
+    # Streams come from StreamPeers.pair: [reading end, writing end] of a
+    # fresh pipe, UNIX or TCP pair (for sockets both ends can do both; the
+    # names say how the rig uses them).
 
     # Closes a TCP socket with SO_LINGER 0: the kernel sends RST instead of
     # FIN and drops whatever was not sent yet.
@@ -370,8 +353,8 @@ module RingspunTest
         @gate = Queue.new
         @first_byte = Queue.new
         @fed = 0
-        @src, @src_peer = Faults.open_pair(src_kind)
-        @dst_peer, @dst = Faults.open_pair(dst_kind)
+        @src, @src_peer = StreamPeers.pair(src_kind)
+        @dst_peer, @dst = StreamPeers.pair(dst_kind)
       end
 
       def start
