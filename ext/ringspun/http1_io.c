@@ -7,8 +7,10 @@
  * with the payload. From a regular file to a non-blocking socket the chunk
  * sizes are known before the bytes move, so each chunk is its header and
  * one sendfile(2) straight from the file: two system calls a chunk, as
- * double_splice's two splices, where the pipe needs three. Why not an io_uring linked chain of write + splice +
- * write: IORING_OP_SPLICE always runs in an io-wq worker, which measured 3x
+ * double_splice's two splices, where the pipe needs three.
+ *
+ * Why not an io_uring linked chain of write + splice + write:
+ * IORING_OP_SPLICE always runs in an io-wq worker, which measured 3x
  * slower than splice(2) for the same move (see splice.c). */
 #include "ringspun.h"
 #include "http1.h"

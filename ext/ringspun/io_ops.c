@@ -249,8 +249,8 @@ static bool fd_ready(int fd, short events) {
   return poll(&p, 1, 0) > 0;
 }
 
-/* Sets fd's "EAGAIN last time" bit; returns its previous value. An fd
- * beyond what the table can grow to counts as set (the poll(2) check). */
+/* Sets or clears fd's "EAGAIN last time" bit; returns its previous value.
+ * The table grows only to set a bit: an fd past its end is clear. */
 static bool again_mark(rs_sched *s, int fd, bool on) {
   size_t word = (size_t)fd / 64;
   uint64_t bit = 1ULL << (fd % 64);
@@ -283,7 +283,7 @@ ssize_t rs_io_once(int kind, int fd, void *buf, size_t len, VALUE keep) {
   }
   ssize_t n = try_nowait(kind, fd, buf, len);
   if (n != -EAGAIN) {
-    if (fd >= 0 && (size_t)fd / 64 < s->again_words) again_mark(s, fd, false);
+    if (fd >= 0) again_mark(s, fd, false);
     return n;
   }
   if (fd < 0 || !again_mark(s, fd, true) || !fd_ready(fd, events)) return n;
