@@ -584,7 +584,11 @@ module RingspunTest
       # A Timeout.timeout of `limit` seconds around a trickling transfer:
       # either it completes with every byte, or it raises Timeout::Error.
       # Returns [:completed or :timed_out, problems].
-      def timeout(spec, sk, dk, rng, limit: 0.0001 + (rng.rand * 0.003), stress: false)
+      # The limit is log-uniform between 20 us and 20 ms: a third of the
+      # draws fall before a transfer's first pause and a fifth after most
+      # transfers end, so both outcomes of the race show up on a fast
+      # machine and on a slow (sanitized) one alike.
+      def timeout(spec, sk, dk, rng, limit: 0.00002 * (1000**rng.rand), stress: false)
         what = "#{spec} #{sk}->#{dk} under a #{(limit * 1000).round(2)} ms timeout#{' and GC.stress' if stress}"
         data = rng.bytes(1 + rng.rand(stress ? 2 * KIB : 16 * KIB))
         rig = Rig.new(spec, sk, dk, data, pieces: [512 + rng.rand(4096)], pause: stress ? 0 : 0.0002)
