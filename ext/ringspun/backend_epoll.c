@@ -6,11 +6,13 @@
 #include "ringspun.h"
 #include "timer_heap.h"
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 #include <ruby/thread.h>
 
@@ -187,13 +189,37 @@ static void expire_timers(rs_backend *b) {
 typedef struct wait_args {
   int epfd;
   struct epoll_event *events;
-  int timeout_ms;
+  int64_t timeout_ns; /* -1: no limit */
   int ret, err;
 } wait_args;
 
+#ifdef HAVE_EPOLL_PWAIT2
+/* Set the first time the kernel says it lacks epoll_pwait2 (before 5.11).
+ * Threads may race on it harmlessly: every writer stores 1. */
+static volatile int pwait2_missing;
+#endif
+
+/* epoll_wait(2) counts in milliseconds: round up, as waking a millisecond
+ * late beats spinning until the deadline. */
+static int wait_ms(int64_t timeout_ns) {
+  if (timeout_ns < 0) return -1;
+  int64_t ms = (timeout_ns + 999999) / 1000000;
+  return ms > INT_MAX ? INT_MAX : (int)ms;
+}
+
 static void *wait_nogvl(void *p) {
   wait_args *a = p;
-  a->ret = epoll_wait(a->epfd, a->events, RS_EPOLL_BATCH, a->timeout_ms);
+#ifdef HAVE_EPOLL_PWAIT2
+  /* A 200 us sleep must not take a whole millisecond. */
+  if (!pwait2_missing) {
+    struct timespec ts = {.tv_sec = a->timeout_ns / 1000000000, .tv_nsec = a->timeout_ns % 1000000000};
+    a->ret = epoll_pwait2(a->epfd, a->events, RS_EPOLL_BATCH, a->timeout_ns < 0 ? NULL : &ts, NULL);
+    a->err = errno;
+    if (a->ret >= 0 || a->err != ENOSYS) return NULL;
+    pwait2_missing = 1;
+  }
+#endif
+  a->ret = epoll_wait(a->epfd, a->events, RS_EPOLL_BATCH, wait_ms(a->timeout_ns));
   a->err = errno;
   return NULL;
 }
@@ -203,22 +229,21 @@ static void ubf_wakeup(void *p) {
   b->ops->wakeup(b);
 }
 
-static int timeout_ms_for(epoll_state *e, int64_t timeout_ns) {
+/* The wait's limit: the caller's, or sooner if a timer is due first. */
+static int64_t wait_limit_ns(epoll_state *e, int64_t timeout_ns) {
   rs_op *next = rs_heap_peek(&e->timers);
   if (next) {
     uint64_t now = rs_now_ns();
     int64_t until = next->deadline > now ? (int64_t)(next->deadline - now) : 0;
     if (timeout_ns < 0 || until < timeout_ns) timeout_ns = until;
   }
-  if (timeout_ns < 0) return -1;
-  /* Round up: waking a millisecond late beats spinning until the deadline. */
-  return (int)((timeout_ns + 999999) / 1000000);
+  return timeout_ns;
 }
 
 static int epoll_wait_backend(rs_backend *b, int64_t timeout_ns) {
   epoll_state *e = E(b);
-  wait_args a = {.epfd = e->epfd, .events = e->events, .timeout_ms = timeout_ms_for(e, timeout_ns)};
-  if (a.timeout_ms == 0)
+  wait_args a = {.epfd = e->epfd, .events = e->events, .timeout_ns = wait_limit_ns(e, timeout_ns)};
+  if (a.timeout_ns == 0)
     wait_nogvl(&a);
   else
     /* RB_NOGVL_UBF_ASYNC_SAFE: our unblocking function only writes an eventfd.

@@ -65,6 +65,8 @@ ringspun_missing("header msgpack.h", "libmsgpack-dev") unless have_header("msgpa
 # These two come with the C library headers (libc6-dev, pulled in by build-essential).
 ringspun_missing("header sys/eventfd.h", "build-essential") unless have_header("sys/eventfd.h")
 ringspun_missing("header sys/epoll.h", "build-essential") unless have_header("sys/epoll.h")
+# glibc 2.35+: epoll waits with a nanosecond timeout (kernel 5.11+, probed at run time).
+have_func("epoll_pwait2", "sys/epoll.h")
 
 # --- compiler flags ------------------------------------------------------------------
 # Added after the checks above so that a sanitizer or -O0 never changes what they find.
