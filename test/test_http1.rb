@@ -231,6 +231,68 @@ module Http1Contract
     end
   end
 
+  # From a file to TCP the body goes out corked (whole segments), and the
+  # cork comes off on every way out, or the tail would wait up to 200 ms.
+  def corked?(sock)
+    sock.getsockopt(Socket::IPPROTO_TCP, Socket::TCP_CORK).int == 1
+  end
+
+  def test_from_a_file_to_tcp_the_socket_is_uncorked_after_the_body
+    data = SP.bytes(150_003, 26)
+    with_tmpdir do |dir|
+      path = data_file(dir, "body", data)
+      in_mode do
+        SP.with_pair(:tcp) do |r, w|
+          reader = go { r.read.b }
+          n = File.open(path, "rb") { |f| IO.http1_splice_chunked(f, w) }
+          corked = corked?(w)
+          # The reader finishes before any assertion can raise: a fiber
+          # parked on an IO that gets closed under it would wait forever.
+          w.close
+          got = reader.value
+          refute corked, "TCP_CORK left on"
+          assert_equal data.bytesize, n
+          assert_same_bytes SP.chunked(SP.pieces(data, 65_536)), got
+        end
+      end
+    end
+  end
+
+  def test_from_a_file_to_tcp_a_cork_the_caller_set_stays
+    data = SP.bytes(70_000, 27)
+    with_tmpdir do |dir|
+      path = data_file(dir, "body", data)
+      in_mode do
+        SP.with_pair(:tcp) do |r, w|
+          w.setsockopt(Socket::IPPROTO_TCP, Socket::TCP_CORK, 1)
+          reader = go { r.read.b }
+          File.open(path, "rb") { |f| IO.http1_splice_chunked(f, w) }
+          corked = corked?(w)
+          w.close
+          got = reader.value
+          assert corked, "the caller's TCP_CORK was cleared"
+          assert_same_bytes SP.chunked(SP.pieces(data, 65_536)), got
+        end
+      end
+    end
+  end
+
+  def test_from_a_file_to_tcp_a_timeout_mid_body_uncorks_the_socket
+    data = SP.bytes(16 * 1024 * 1024, 28)
+    with_tmpdir do |dir|
+      path = data_file(dir, "body", data)
+      in_mode do
+        SP.with_pair(:tcp) do |_r, w|
+          # Nobody reads: the body cannot finish before the timeout.
+          assert_raises(Timeout::Error) do
+            File.open(path, "rb") { |f| Timeout.timeout(0.2) { IO.http1_splice_chunked(f, w) } }
+          end
+          refute corked?(w), "TCP_CORK left on after the timeout"
+        end
+      end
+    end
+  end
+
   # A proxy reads the upstream's head with gets, then sends the rest on:
   # the body bytes Ruby already buffered are part of src.
   def test_bytes_ruby_already_buffered_from_src_go_out_first
