@@ -83,6 +83,28 @@ module Bench
       near&.close
     end
 
+    # No decoding and no IO: the same messages built by Ruby's own Hash
+    # literal and yielded to the same block. No decoder that hands a block
+    # these objects can take less time than this.
+    def measure_floor(params, meter)
+      count = params[:messages]
+      names = Array.new(100) { |i| "user#{i}" }.freeze
+      seen = 0
+      last = nil
+      meter.measure do
+        build_each(count, names) do |msg|
+          seen += 1
+          last = msg
+        end
+        seen
+      end
+      check(seen, last["id"], count)
+    end
+
+    def build_each(count, names)
+      count.times { |i| yield({ "id" => i, "name" => names[i % 100].dup, "ok" => true }) }
+    end
+
     # The physical limit: bench/c/msgpack_unpack.c decodes the socket instead.
     def measure_c(params, meter)
       binary = CProgram.build("msgpack_unpack", pkg: "msgpack")
@@ -141,7 +163,10 @@ Bench.define(:msgpack_each) do
     scheduler. `IO#msgpack_each` runs in a fiber under `Ringspun.run` forced to one backend, and
     with no scheduler. The C program (`bench/c/msgpack_unpack.c`) decodes the same socket with
     msgpack-c's streaming unpacker into msgpack-c objects, no Ruby objects; its row's CPU s and
-    peak RSS are its own. The issue's target: `msgpack_each` at least 2.5x the gem's messages/s.
+    peak RSS are its own. *Ruby floor* decodes nothing and reads nothing: it builds the same
+    Hashes with a Ruby literal (the name a new String each time, as a decoder makes it) and
+    yields them to the same block, the least time any decoder that hands a block these objects
+    can take on this Ruby. The issue's target: `msgpack_each` at least 2.5x the gem's messages/s.
   MD
   metric "messages/s"
   bytes_per_unit 25
@@ -164,5 +189,8 @@ Bench.define(:msgpack_each) do
   end
   contender(:c, "C msgpack-c unpacker (bench/c/msgpack_unpack.c)") do |params, meter|
     Bench::MsgpackEach.measure_c(params, meter)
+  end
+  contender(:ruby_floor, "Ruby floor: the same Hashes from a literal, yielded; no decoding, no IO") do |params, meter|
+    Bench::MsgpackEach.measure_floor(params, meter)
   end
 end

@@ -35,15 +35,16 @@ module Bench
       near&.close
     end
 
-    # The physical limit: bench/c/read_loop.c reads the socket instead.
-    def measure_c(params, meter)
+    # The physical limit: bench/c/read_loop.c reads the socket instead,
+    # with `args` ("fresh", "256": a new buffer per read, see the program).
+    def measure_c(params, meter, args = [])
       binary = CProgram.build("read_loop")
       bytes = params[:mib] * MIB
       near, writer = start_writer(bytes)
       own = nil
       meter.measure do
         writer.go!
-        own = CProgram.figures(StreamPeer.spawn_reader([binary], near).wait)
+        own = CProgram.figures(StreamPeer.spawn_reader([binary, *args], near).wait)
         own[:units]
       end
       writer.wait
@@ -101,8 +102,10 @@ Bench.define(:read_loop) do
     `IO#read_loop(65536)` and `BasicSocket#recv_loop(65536)` (multishot receive on io_uring) run
     in a fiber under `Ringspun.run` forced to one backend, and `IO#read_loop` also with no
     scheduler. The C program (`bench/c/read_loop.c`) reads the same socket with `read(2)` into one
-    reused buffer; its row's CPU s and peak RSS are its own. The issue's target: `read_loop` at
-    least 1.2x `readpartial`.
+    reused buffer; its row's CPU s and peak RSS are its own. Its *fresh* row reads each chunk
+    into a new `malloc`'d 64 KiB buffer and frees them 256 at a time, as Ruby's GC frees Strings
+    (its malloc limit starts at 16 MiB): the least a new buffer per chunk costs, in C. The
+    issue's target: `read_loop` at least 1.2x `readpartial`.
   MD
   metric "MiB/s"
   bytes_per_unit 1024 * 1024
@@ -130,5 +133,8 @@ Bench.define(:read_loop) do
   end
   contender(:c, "C read(2) loop (bench/c/read_loop.c)") do |params, meter|
     Bench::ReadLoop.measure_c(params, meter)
+  end
+  contender(:c_fresh, "C read(2) loop, a new 64 KiB malloc per read, freed 256 at a time") do |params, meter|
+    Bench::ReadLoop.measure_c(params, meter, %w[fresh 256])
   end
 end
