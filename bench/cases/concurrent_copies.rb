@@ -1,6 +1,8 @@
 # frozen_string_literal: true
 
+require "open3"
 require "socket"
+require "bench/c_program"
 require "bench/fixtures"
 require "bench/peers"
 
@@ -37,6 +39,23 @@ module Bench
       check(received, params[:mib] * MIB)
     ensure
       pairs&.flatten&.each { |io| io.close unless io.closed? }
+    end
+
+    # One C thread doing every copy (bench/c/concurrent_copies.c): the
+    # most any event loop on one thread could do. It connects its own pairs
+    # and times its copies from start_ns on.
+    def measure_c(params, meter)
+      binary = CProgram.build("concurrent_copies")
+      own = nil
+      meter.measure do
+        out, status = Open3.capture2(binary, params[:path], params[:copies].to_s)
+        raise "concurrent_copies failed: #{status.inspect}" unless status.success?
+
+        own = CProgram.figures(out)
+        params[:copies] * params[:mib]
+      end
+      check([own[:bytes]], params[:copies] * params[:mib] * MIB)
+      meter.adopt(cpu_s: own.fetch(:cpu_s), rss_peak_kib: own.fetch(:maxrss_kib), started_ns: own.fetch(:start_ns))
     end
 
     # @return [Array<Array(TCPSocket, TCPSocket)>] [sending end, reading end]
@@ -88,8 +107,12 @@ Bench.define(:concurrent_copies) do
     forced to one backend, the copies with `IO.double_splice`. The reference is the classic way:
     one Ruby thread per copy with `IO.copy_stream` (`sendfile(2)`) and one per reader, blocking
     IO, no scheduler. Polyphony runs the same with its own `IO.double_splice` and `spin`; Async
-    runs `IO.copy_stream` in a task per copy. The issue's targets: `Ringspun.run` with
-    `double_splice` at least 2x faster than a thread per copy, with a lower peak RSS.
+    runs `IO.copy_stream` in a task per copy. *One C thread* (`bench/c/concurrent_copies.c`)
+    does the same copies with no runtime: `sendfile(2)` and `read(2)` into one buffer, the copies
+    visited round robin, non-blocking; its CPU s and peak RSS are its own, and its window starts
+    after it has connected its pairs. It is the most any event loop on one thread can do. The
+    issue's targets: `Ringspun.run` with `double_splice` at least 2x faster than a thread per
+    copy, with a lower peak RSS.
   MD
   metric "MiB/s"
   bytes_per_unit 1024 * 1024
@@ -123,5 +146,8 @@ Bench.define(:concurrent_copies) do
   end
   contender(:async, "Async 2.24: IO.copy_stream in a task") do |params, meter|
     Bench::ConcurrentCopies.measure(Bench::AsyncTasks.new, params, meter) { |src, dest| IO.copy_stream(src, dest) }
+  end
+  contender(:c_one_thread, "one C thread: sendfile + read(2), no runtime (bench/c/concurrent_copies.c)") do |params, meter|
+    Bench::ConcurrentCopies.measure_c(params, meter)
   end
 end
