@@ -237,43 +237,41 @@ module Http1Contract
     sock.getsockopt(Socket::IPPROTO_TCP, Socket::TCP_CORK).int == 1
   end
 
-  def test_from_a_file_to_tcp_the_socket_is_uncorked_after_the_body
-    data = SP.bytes(150_003, 26)
+  # Sends `data` from a file into a TCP connection (prepared by the
+  # block) and reads it at the other end; returns [the call's value,
+  # whether dest was corked afterwards, what the reader got]. The reader
+  # finishes before any assertion can raise: a fiber parked on an IO that
+  # gets closed under it would wait forever.
+  def send_file_over_tcp(data)
     with_tmpdir do |dir|
       path = data_file(dir, "body", data)
-      in_mode do
-        SP.with_pair(:tcp) do |r, w|
-          reader = go { r.read.b }
-          n = File.open(path, "rb") { |f| IO.http1_splice_chunked(f, w) }
-          corked = corked?(w)
-          # The reader finishes before any assertion can raise: a fiber
-          # parked on an IO that gets closed under it would wait forever.
-          w.close
-          got = reader.value
-          refute corked, "TCP_CORK left on"
-          assert_equal data.bytesize, n
-          assert_same_bytes SP.chunked(SP.pieces(data, 65_536)), got
-        end
+      SP.with_pair(:tcp) do |r, w|
+        yield w if block_given?
+        reader = go { r.read.b }
+        n = File.open(path, "rb") { |f| IO.http1_splice_chunked(f, w) }
+        corked = corked?(w)
+        w.close
+        [n, corked, reader.value]
       end
+    end
+  end
+
+  def test_from_a_file_to_tcp_the_socket_is_uncorked_after_the_body
+    data = SP.bytes(150_003, 26)
+    in_mode do
+      n, corked, got = send_file_over_tcp(data)
+      refute corked, "TCP_CORK left on"
+      assert_equal data.bytesize, n
+      assert_same_bytes SP.chunked(SP.pieces(data, 65_536)), got
     end
   end
 
   def test_from_a_file_to_tcp_a_cork_the_caller_set_stays
     data = SP.bytes(70_000, 27)
-    with_tmpdir do |dir|
-      path = data_file(dir, "body", data)
-      in_mode do
-        SP.with_pair(:tcp) do |r, w|
-          w.setsockopt(Socket::IPPROTO_TCP, Socket::TCP_CORK, 1)
-          reader = go { r.read.b }
-          File.open(path, "rb") { |f| IO.http1_splice_chunked(f, w) }
-          corked = corked?(w)
-          w.close
-          got = reader.value
-          assert corked, "the caller's TCP_CORK was cleared"
-          assert_same_bytes SP.chunked(SP.pieces(data, 65_536)), got
-        end
-      end
+    in_mode do
+      _, corked, got = send_file_over_tcp(data) { |w| w.setsockopt(Socket::IPPROTO_TCP, Socket::TCP_CORK, 1) }
+      assert corked, "the caller's TCP_CORK was cleared"
+      assert_same_bytes SP.chunked(SP.pieces(data, 65_536)), got
     end
   end
 
