@@ -151,8 +151,9 @@ static VALUE chunked_body(VALUE p) {
   if (sends_from_file(c)) {
     cork(c);
     file_chunks(c, &first);
+  } else {
+    pipe_chunks(c, &first);
   }
-  else pipe_chunks(c, &first);
   static const char last[] = "\r\n0\r\n\r\n";
   size_t skip = first ? 2 : 0; /* no chunk before: no CRLF to close */
   rs_write_all_direct(c->out.fd, last + skip, sizeof(last) - 1 - skip, false, "http1_splice_chunked");

@@ -9,7 +9,6 @@
 #include <sys/stat.h>
 #include <liburing/io_uring.h>
 
-
 static void start(rs_reader *r) {
   rs_pending *p = &r->pend;
   p->block = r->block[r->cur];
@@ -217,5 +216,3 @@ void rs_reader_cleanup(rs_reader *r, VALUE io) {
     r->block[i] = NULL;
   }
 }
-
-void rs_init_reader(VALUE mRingspun) { (void)mRingspun; }

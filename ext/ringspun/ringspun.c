@@ -6,7 +6,6 @@ RS_EXPORT void Init_ringspun(void) {
   rs_init_errors(mRingspun);
   rs_init_scheduler(mRingspun);
   rs_init_io_ops(mRingspun);
-  rs_init_reader(mRingspun);
   rs_init_splice(mRingspun);
   rs_init_zstream(mRingspun);
   rs_init_loops(mRingspun);

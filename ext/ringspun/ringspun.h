@@ -375,7 +375,6 @@ void rs_init_scheduler(VALUE mRingspun);
 void rs_init_io_ops(VALUE mRingspun);
 void rs_init_splice(VALUE mRingspun);
 void rs_init_zstream(VALUE mRingspun);
-void rs_init_reader(VALUE mRingspun);
 void rs_init_loops(VALUE mRingspun);
 void rs_init_msgpack(VALUE mRingspun);
 void rs_init_http1(VALUE mRingspun);

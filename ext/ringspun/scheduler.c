@@ -290,9 +290,6 @@ static int park(rs_sched *s, VALUE target) {
   return state;
 }
 
-/* Interrupted while waiting: cancel, and wait for the op's last completion
- * before letting go, so no buffer is written and no op outlives the
- * exception. */
 /* Cancels op and parks until its last completion, keeping the exception
  * being raised. Every op, not only those holding Ruby memory: an exception
  * that leaves a cancelled op in flight would leave work behind it. A cancel
@@ -308,6 +305,9 @@ static void cancel_and_drain(rs_sched *s, rs_op *op) {
   if (rb_obj_is_kind_of(err, rb_eException)) rb_set_errinfo(err);
 }
 
+/* Interrupted while waiting: cancel, and wait for the op's last completion
+ * before letting go, so no buffer is written and no op outlives the
+ * exception. */
 static void op_abort(rs_sched *s, rs_op *op, int state) {
   cancel_and_drain(s, op);
   rs_op_release(s, op);

@@ -89,7 +89,9 @@ class IO
   #   spliced, never read into Ruby. From a regular file to a non-blocking
   #   socket each chunk is what is left of the file (at most maxlen), sent
   #   with sendfile(2); a file that grows while it is sent is followed to
-  #   its new end.
+  #   its new end. A TCP dest is corked (TCP_CORK) for the body and
+  #   uncorked when the call returns or raises, unless the caller had
+  #   corked it already.
   #   @param src [IO, Ringspun::Pipe, Integer]
   #   @param dest [IO, Ringspun::Pipe, Integer]
   #   @param maxlen [Integer] the largest chunk

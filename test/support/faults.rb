@@ -88,10 +88,6 @@ module RingspunTest
 
     # ---- streams --------------------------------------------------------------------
 
-    # Streams come from StreamPeers.pair: [reading end, writing end] of a
-    # fresh pipe, UNIX or TCP pair (for sockets both ends can do both; the
-    # names say how the rig uses them).
-
     # Closes a TCP socket with SO_LINGER 0: the kernel sends RST instead of
     # FIN and drops whatever was not sent yet.
     def self.reset(sock)
