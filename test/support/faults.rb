@@ -259,9 +259,9 @@ module RingspunTest
     ALL = %i[pipe unix tcp].freeze
     SOCKETS = %i[unix tcp].freeze
     GZIP = ->(bytes) { Zlib.gzip(bytes) }
-    GUNZIP = ->(bytes) { Zlib.gunzip(bytes) }
+    GUNZIP = ->(bytes) { Zlib.gunzip(bytes.b) } # .b: see RingspunTest::Case#zlib_gunzip
     DEFLATE = ->(bytes) { Zlib::Deflate.deflate(bytes) }
-    INFLATE = ->(bytes) { Zlib::Inflate.inflate(bytes) }
+    INFLATE = ->(bytes) { Zlib::Inflate.inflate(bytes.b) }
     BUF = [Zlib::BufError].freeze
     EOF = [EOFError].freeze
 
