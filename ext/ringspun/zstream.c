@@ -37,7 +37,6 @@ typedef struct zjob {
   VALUE src_obj;
   VALUE src_chunk;    /* the String a reader returned last */
   size_t src_off;     /* String source: bytes handed to zlib so far */
-  bool src_locked;
   bool src_eof;
   rs_reader rd;
   bool rd_ready;
@@ -307,7 +306,6 @@ static VALUE zjob_cleanup(VALUE p) {
   } else {
     rs_unzip_end(&j->u);
   }
-  if (j->src_locked) rb_str_unlocktmp(j->src_obj);
   return Qnil;
 }
 
@@ -322,8 +320,11 @@ static void setup_src(zjob *j, VALUE src) {
   j->src_chunk = Qnil;
   if (RB_TYPE_P(src, T_STRING)) {
     j->src_kind = SRC_STRING;
-    rb_str_locktmp(src); /* zlib reads it with the GVL released */
-    j->src_locked = true;
+    /* zlib reads it with the GVL released: read a frozen String (itself,
+     * or a copy-on-write view of one that is not), which no other thread
+     * can change under us. rb_str_locktmp would do that too, but would make
+     * two threads compressing one String raise. */
+    j->src_obj = rb_str_new_frozen(src);
   } else if (RB_INTEGER_TYPE_P(src) || RB_TYPE_P(src, T_FILE) || !rb_respond_to(src, id_readpartial)) {
     j->src_kind = SRC_FD;
     j->src_fd = rs_io_end_fd(src, RS_SIDE_READ);
