@@ -61,6 +61,28 @@ module SpliceContract
     end
   end
 
+  # From a file, sendfile(2) starts at the file's position, after the bytes
+  # Ruby already buffered: a file read partway goes out from where its
+  # reader stopped, once, in order.
+  def test_double_splice_a_file_read_partway
+    data = random_bytes(15, 600 * KIB + 9)
+    path = data_file("src.bin", data)
+    in_mode do
+      client, server = tcp_pair
+      reader = go { drain(server) }
+      moved = File.open(path, "rb") do |f|
+        assert_equal data.byteslice(0, 5), f.read(5) # Ruby buffers more than that
+        IO.double_splice(f, client).tap { assert f.eof? }
+      end
+      client.close_write
+      assert_equal data.bytesize - 5, moved
+      assert_equal [data.bytesize - 5, sha256(data.byteslice(5..))], reader.value
+      assert_no_pending_operations
+    ensure
+      close_all(client, server)
+    end
+  end
+
   def test_double_splice_file_to_unix_socket_with_small_chunks
     data = random_bytes(12, 300 * KIB + 1)
     path = data_file("src.bin", data)
