@@ -21,10 +21,6 @@
 #define RS_SPLICE_MAX_CHUNK (1U << 30)
 /* The most one sendfile(2) of double_splice asks for (see dsplice_sendfile). */
 #define RS_SENDFILE_STEP (1U << 20)
-/* Files at least this big have their sendfile calls run on a worker while
- * at least RS_SENDFILE_OFFLOAD_LEFT of them is left to send. */
-#define RS_SENDFILE_OFFLOAD (256U << 10)
-#define RS_SENDFILE_OFFLOAD_LEFT (64U << 10)
 
 /* ---- one step ------------------------------------------------------------------ */
 
@@ -303,58 +299,30 @@ static VALUE dsplice_run(VALUE p) {
   return Qnil;
 }
 
-/* One non-blocking sendfile(2), run where rs_run_work puts it. */
-typedef struct sendfile_job {
-  int out, in;
-  size_t len;
-  ssize_t n;
-  int err;
-} sendfile_job;
-
-static int sendfile_run(void *p) {
-  sendfile_job *j = p;
-  do j->n = sendfile(j->out, j->in, NULL, j->len);
-  while (j->n < 0 && errno == EINTR);
-  j->err = j->n < 0 ? errno : 0;
-  return 0;
-}
-
 /* From a regular file no pipe is needed: sendfile(2) moves file pages to
  * dest in one call where the pipe takes two splices, and there is no pipe
  * to open, size and close (about 20 fewer system calls per MiB), nor bytes
  * to strand in one. dest must be non-blocking, so a full socket says
  * EAGAIN and the fiber waits instead of the thread. Each call moves what
  * dest takes, at most `step` bytes so one copy cannot hold the loop while
- * a fast reader keeps draining.
- *
- * Most of a sendfile to a TCP socket is the kernel's TCP work, and on
- * loopback the receiving side's too. For a file big enough to repay the
- * hand-over (a few microseconds), rs_run_work runs each call on a worker
- * thread of the scheduler, so under Ringspun.run the loop meanwhile runs
- * other fibers on the other core; without a scheduler it runs here with
- * the GVL released.
- *
+ * a fast reader keeps draining. (Running these calls on the scheduler's
+ * worker threads, to use a second core, was tried: 1,000 concurrent 1 MiB
+ * copies took 0.5-0.6 CPU s instead of 0.36-0.44 for no steady gain.)
  * Returns false, before moving a byte, when the kernel cannot sendfile
  * between these two. */
-static bool dsplice_sendfile(dsplice *d, size_t step, int64_t size) {
+static bool dsplice_sendfile(dsplice *d, size_t step) {
   bool moved = false;
-  /* What is left of the file by its size at the start: the call that
-   * finds the end (or a grown file's tail) stays here. */
-  off_t pos = size >= RS_SENDFILE_OFFLOAD ? lseek(d->src, 0, SEEK_CUR) : -1;
-  int64_t left = pos < 0 ? 0 : size - (int64_t)pos;
   for (;;) {
-    sendfile_job j = {d->dst, d->src, step, 0, 0};
-    if (left >= RS_SENDFILE_OFFLOAD_LEFT) rs_run_work(sendfile_run, &j);
-    else sendfile_run(&j);
-    if (j.n > 0) {
-      d->total += j.n;
-      left -= j.n;
+    ssize_t n = sendfile(d->dst, d->src, NULL, step);
+    if (n > 0) {
+      d->total += n;
       moved = true;
       continue;
     }
-    if (j.n == 0) return true;
-    if (!moved && (j.err == EINVAL || j.err == ENOSYS)) return false;
-    if (j.err != EAGAIN) rs_raise_side("double_splice", j.err, j.err == EIO ? "src" : side_of(j.err, d->src));
+    if (n == 0) return true;
+    if (errno == EINTR) continue;
+    if (!moved && (errno == EINVAL || errno == ENOSYS)) return false;
+    if (errno != EAGAIN) rs_raise_side("double_splice", errno, errno == EIO ? "src" : side_of(errno, d->src));
     int w = rs_io_wait_fd(d->dst, POLLOUT, -1);
     if (w < 0) rs_raise_side("double_splice", -w, "dest");
   }
@@ -375,7 +343,7 @@ static VALUE io_s_double_splice(int argc, VALUE *argv, VALUE klass) {
                .src_io = rs_io_end_io(src, RS_SIDE_READ)};
   d.total = rs_move_buffered(src, out.fd, SIZE_MAX, "double_splice");
   if (in.is_file && (out.is_socket || out.is_pipe) && out.nonblock &&
-      dsplice_sendfile(&d, chunk < RS_SENDFILE_STEP ? RS_SENDFILE_STEP : chunk, in.size))
+      dsplice_sendfile(&d, chunk < RS_SENDFILE_STEP ? RS_SENDFILE_STEP : chunk))
     return LL2NUM(d.total);
   int ret = open_pipe(&d);
   if (ret < 0) rs_raise_errno(-ret, "double_splice: pipe2");

@@ -36,8 +36,7 @@ class IO
   #   allows, until end of input. The private pipe is O_CLOEXEC and closed
   #   exactly once, whatever happens. From a regular file to a non-blocking
   #   socket or pipe no pipe is needed: sendfile(2) moves the file straight
-  #   to dest (under Ringspun.run, for a file of 256 KiB or more, on one of
-  #   the scheduler's worker threads while other fibers run).
+  #   to dest.
   #   @param src [IO, Ringspun::Pipe, Integer]
   #   @param dest [IO, Ringspun::Pipe, Integer]
   #   @param chunk_size [Integer] bytes per splice, and the pipe's size (for
