@@ -20,7 +20,6 @@
 #include "http1.h"
 #include <errno.h>
 #include <poll.h>
-#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -66,17 +65,10 @@ static void buffered_chunk(chunk_out *c, bool *first) {
 /* Sends exactly len bytes from the file position of c->in to dest. */
 static void sendfile_exactly(chunk_out *c, size_t len) {
   while (len > 0) {
-    ssize_t n = sendfile(c->out.fd, c->in.fd, NULL, len);
-    if (n > 0) {
-      len -= (size_t)n;
-      continue;
-    }
+    long n = rs_sendfile_some(c->out.fd, c->in.fd, len, "http1_splice_chunked", false);
     if (n == 0) /* the file shrank under us: the header promised more */
       rb_raise(rb_eEOFError, "http1_splice_chunked: src ended %zu bytes into a chunk it had announced", len);
-    if (errno == EINTR) continue;
-    if (errno != EAGAIN) rs_raise_side("http1_splice_chunked", errno, errno == EIO ? "src" : "dest");
-    int w = rs_io_wait_fd(c->out.fd, POLLOUT, -1);
-    if (w < 0) rs_raise_side("http1_splice_chunked", -w, "dest");
+    len -= (size_t)n;
   }
 }
 

@@ -324,6 +324,10 @@ rs_end rs_end_of(VALUE obj, int side, const char *call);
 int rs_pipe_open(int fds[2], size_t want, size_t *cap);
 /* splice(2) that waits for readiness; returns bytes (0: end of input). */
 long rs_splice_some(int in, int out, size_t len, const char *call);
+/* One sendfile(2) from in's file position that waits for out; returns
+ * bytes (0: end of file). Raises on failure, except that with `refusable`
+ * EINVAL/ENOSYS (no sendfile between these two) come back as -errno. */
+long rs_sendfile_some(int out, int in, size_t len, const char *call, bool refusable);
 /* Splices exactly len bytes (the caller knows they are there). */
 void rs_splice_exactly(int in, int out, size_t len, const char *call);
 NORETURN(void rs_raise_side(const char *call, int err, const char *side));

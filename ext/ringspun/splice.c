@@ -103,6 +103,18 @@ long rs_splice_some(int in, int out, size_t len, const char *call) {
   return move_once_named(RS_OP_SPLICE, in, out, len, call);
 }
 
+long rs_sendfile_some(int out, int in, size_t len, const char *call, bool refusable) {
+  for (;;) {
+    ssize_t n = sendfile(out, in, NULL, len);
+    if (n >= 0) return n;
+    if (errno == EINTR) continue;
+    if (refusable && (errno == EINVAL || errno == ENOSYS)) return -errno;
+    if (errno != EAGAIN) rs_raise_side(call, errno, errno == EIO ? "src" : side_of(errno, in));
+    int w = rs_io_wait_fd(out, POLLOUT, -1);
+    if (w < 0) rs_raise_side(call, -w, "dest");
+  }
+}
+
 void rs_splice_exactly(int in, int out, size_t len, const char *call) {
   while (len > 0) {
     long n = move_once_named(RS_OP_SPLICE, in, out, len, call);
@@ -313,18 +325,11 @@ static VALUE dsplice_run(VALUE p) {
 static bool dsplice_sendfile(dsplice *d, size_t step) {
   bool moved = false;
   for (;;) {
-    ssize_t n = sendfile(d->dst, d->src, NULL, step);
-    if (n > 0) {
-      d->total += n;
-      moved = true;
-      continue;
-    }
+    long n = rs_sendfile_some(d->dst, d->src, step, "double_splice", !moved);
+    if (n < 0) return false;
     if (n == 0) return true;
-    if (errno == EINTR) continue;
-    if (!moved && (errno == EINVAL || errno == ENOSYS)) return false;
-    if (errno != EAGAIN) rs_raise_side("double_splice", errno, errno == EIO ? "src" : side_of(errno, d->src));
-    int w = rs_io_wait_fd(d->dst, POLLOUT, -1);
-    if (w < 0) rs_raise_side("double_splice", -w, "dest");
+    d->total += n;
+    moved = true;
   }
 }
 
