@@ -216,6 +216,20 @@ module Http1Contract
     end
   end
 
+  # Chunks of 3 MiB are bigger than the 1 MiB pipe the framing is staged
+  # in: each is flushed to dest in parts, and the framing stays exact.
+  def test_from_a_file_chunks_larger_than_the_staging_pipe
+    data = SP.bytes((7 * 1024 * 1024) + 5, 29)
+    with_tmpdir do |dir|
+      path = data_file(dir, "body", data)
+      in_mode do
+        n, raw = send_file_while(path, maxlen: 3 * 1024 * 1024)
+        assert_equal data.bytesize, n
+        assert_same_bytes SP.chunked(SP.pieces(data, 3 * 1024 * 1024)), raw
+      end
+    end
+  end
+
   # A blocking socket as dest takes the pipe path (sendfile would block with
   # the GVL held): the same framing.
   def test_from_a_file_to_a_blocking_socket
@@ -256,13 +270,16 @@ module Http1Contract
     end
   end
 
+  # 50,000 bytes are one corked chunk; 150,003 are staged in a pipe.
   def test_from_a_file_to_tcp_the_socket_is_uncorked_after_the_body
-    data = SP.bytes(150_003, 26)
-    in_mode do
-      n, corked, got = send_file_over_tcp(data)
-      refute corked, "TCP_CORK left on"
-      assert_equal data.bytesize, n
-      assert_same_bytes SP.chunked(SP.pieces(data, 65_536)), got
+    [50_000, 150_003].each do |size|
+      data = SP.bytes(size, 26)
+      in_mode do
+        n, corked, got = send_file_over_tcp(data)
+        refute corked, "TCP_CORK left on (#{size} bytes)"
+        assert_equal data.bytesize, n
+        assert_same_bytes SP.chunked(SP.pieces(data, 65_536)), got
+      end
     end
   end
 
@@ -275,17 +292,24 @@ module Http1Contract
     end
   end
 
-  def test_from_a_file_to_tcp_a_timeout_mid_body_uncorks_the_socket
+  # With the default maxlen the body is staged in a pipe; with a maxlen
+  # bigger than the file it is one corked chunk of header and sendfile.
+  # Either way a timeout leaves no cork and no fd behind.
+  def test_from_a_file_to_tcp_a_timeout_mid_body_uncorks_the_socket_and_closes_the_pipe
     data = SP.bytes(16 * 1024 * 1024, 28)
     with_tmpdir do |dir|
       path = data_file(dir, "body", data)
       in_mode do
-        SP.with_pair(:tcp) do |_r, w|
-          # Nobody reads: the body cannot finish before the timeout.
-          assert_raises(Timeout::Error) do
-            File.open(path, "rb") { |f| Timeout.timeout(0.2) { IO.http1_splice_chunked(f, w) } }
+        [65_536, 32 * 1024 * 1024].each do |maxlen|
+          SP.with_pair(:tcp) do |_r, w|
+            # Nobody reads: the body cannot finish before the timeout.
+            before = fd_links
+            assert_raises(Timeout::Error) do
+              File.open(path, "rb") { |f| Timeout.timeout(0.2) { IO.http1_splice_chunked(f, w, maxlen) } }
+            end
+            refute corked?(w), "TCP_CORK left on after the timeout (maxlen #{maxlen})"
+            assert_equal before, fd_links, "an fd was left open (maxlen #{maxlen})"
           end
-          refute corked?(w), "TCP_CORK left on after the timeout"
         end
       end
     end

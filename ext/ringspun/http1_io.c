@@ -4,14 +4,18 @@
  * Sending: each chunk is one splice from src into a private pipe, then the
  * header (with the previous chunk's CRLF merged in front) and the payload
  * out to dest. The header goes out with MSG_MORE so it shares a segment
- * with the payload. From a regular file to a non-blocking socket the chunk
- * sizes are known before the bytes move, so each chunk is its header and
- * one sendfile(2) straight from the file: two system calls a chunk, as
- * double_splice's two splices, where the pipe needs three. There the TCP
- * socket is corked for the body, so headers and payload fill whole
- * segments instead of one push per chunk (CPU per GiB 0.235 -> 0.215 s,
- * 0.88x -> 0.95x double_splice's rate); a pipe source is not corked, as
- * its bytes may trickle in and must not wait for a segment to fill.
+ * with the payload; a pipe source is not corked, as its bytes may trickle
+ * in and must not wait for a segment to fill.
+ *
+ * From a regular file to a non-blocking socket the chunk sizes are known
+ * before the bytes move, so the framing is staged: headers are written
+ * into the private pipe and the file's pages spliced in behind them, chunk
+ * after chunk, until the pipe (up to 1 MiB) is full; then one splice hands
+ * the whole batch to dest. Two pipe operations a chunk and one socket
+ * operation a MiB, where a header send and a sendfile(2) a chunk each went
+ * through the TCP stack (a C prototype of both: 0.94x against 0.77x of a
+ * 1 MiB sendfile loop, 1 GiB to loopback). A body of one chunk skips the
+ * pipe: its header and one sendfile, the TCP socket corked.
  *
  * Why not an io_uring linked chain of write + splice + write:
  * IORING_OP_SPLICE always runs in an io-wq worker, which measured 3x
@@ -19,6 +23,7 @@
 #include "ringspun.h"
 #include "http1.h"
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
@@ -35,7 +40,9 @@ typedef struct chunk_out {
   int pipe[2];
   size_t maxlen;
   int64_t total;
-  bool corked; /* we set TCP_CORK on dest and must clear it */
+  size_t staged; /* bytes in the private pipe not yet spliced to dest */
+  bool cork_tried;
+  bool corked;   /* we set TCP_CORK on dest and must clear it */
 } chunk_out;
 
 static VALUE close_pipe_fds(VALUE p) {
@@ -72,10 +79,83 @@ static void sendfile_exactly(chunk_out *c, size_t len) {
   }
 }
 
+/* Hands everything staged in the private pipe to dest. */
+static void flush_staged(chunk_out *c) {
+  if (c->staged == 0) return;
+  rs_splice_exactly(c->pipe[0], c->out.fd, c->staged, "http1_splice_chunked");
+  c->staged = 0;
+}
+
+/* Framing bytes into the private pipe. At most 32 bytes: a pipe write of
+ * under PIPE_BUF is all or nothing, so a full pipe is flushed and the
+ * write retried. */
+static void stage_bytes(chunk_out *c, const char *buf, size_t len) {
+  for (;;) {
+    ssize_t n = write(c->pipe[1], buf, len);
+    if (n == (ssize_t)len) break;
+    if (n < 0 && errno == EINTR) continue;
+    if (n >= 0 || errno != EAGAIN) rs_raise_side("http1_splice_chunked", n < 0 ? errno : EIO, "pipe");
+    flush_staged(c);
+  }
+  c->staged += len;
+}
+
+/* Exactly len bytes of the file into the private pipe, flushing it to dest
+ * whenever it is full. */
+static void stage_file(chunk_out *c, size_t len) {
+  while (len > 0) {
+    ssize_t n = splice(c->in.fd, NULL, c->pipe[1], NULL, len, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    if (n > 0) {
+      c->staged += (size_t)n;
+      len -= (size_t)n;
+    } else if (n == 0) { /* the file shrank under us: the header promised more */
+      rb_raise(rb_eEOFError, "http1_splice_chunked: src ended %zu bytes into a chunk it had announced", len);
+    } else if (errno == EAGAIN) {
+      flush_staged(c);
+    } else if (errno != EINTR) {
+      rs_raise_side("http1_splice_chunked", errno, "src");
+    }
+  }
+}
+
+/* Corks a TCP dest unless its owner already did; a UNIX socket refuses. */
+static void cork(chunk_out *c) {
+  if (c->cork_tried) return;
+  c->cork_tried = true;
+  int on = 0;
+  socklen_t len = sizeof(on);
+  if (getsockopt(c->out.fd, IPPROTO_TCP, TCP_CORK, &on, &len) < 0 || on) return;
+  on = 1;
+  c->corked = setsockopt(c->out.fd, IPPROTO_TCP, TCP_CORK, &on, sizeof(on)) == 0;
+}
+
+/* One chunk of a file: staged when the pipe is open, else header and
+ * sendfile straight to dest, corked so that they share segments. Staged
+ * batches are not corked: they fill whole segments anyway, and corking
+ * them measured 15% slower (4,234 against 4,985 MiB/s). */
+static void file_chunk(chunk_out *c, size_t n, bool first) {
+  char hdr[32];
+  size_t hl = rs_chunk_header(hdr, (uint64_t)n, first);
+  if (c->pipe[1] >= 0) {
+    stage_bytes(c, hdr, hl);
+    stage_file(c, n);
+    return;
+  }
+  cork(c);
+  rs_write_all_direct(c->out.fd, hdr, hl, true, "http1_splice_chunked");
+  sendfile_exactly(c, n);
+}
+
+/* The pipe for staging, when the body is more than one chunk. Without one
+ * (no fds left) the chunks go out one by one. */
+static void open_staging(chunk_out *c, int64_t left) {
+  if (left <= (int64_t)c->maxlen || c->pipe[1] >= 0) return;
+  if (rs_pipe_open(c->pipe, 1U << 20, NULL) < 0) c->pipe[0] = c->pipe[1] = -1;
+}
+
 /* A regular file as src: chunks of what is left of it, at most maxlen
  * each. At the end one more fstat(2) looks whether the file grew. */
 static void file_chunks(chunk_out *c, bool *first) {
-  char hdr[32];
   off_t pos = lseek(c->in.fd, 0, SEEK_CUR);
   if (pos < 0) rs_raise_side("http1_splice_chunked", errno, "src");
   int64_t left = c->in.size - (int64_t)pos;
@@ -86,11 +166,10 @@ static void file_chunks(chunk_out *c, bool *first) {
       left = (int64_t)st.st_size - (int64_t)pos;
       if (left <= 0) return;
     }
+    open_staging(c, left);
     size_t n = (uint64_t)left < c->maxlen ? (size_t)left : c->maxlen;
-    size_t hl = rs_chunk_header(hdr, (uint64_t)n, *first);
-    rs_write_all_direct(c->out.fd, hdr, hl, true, "http1_splice_chunked");
+    file_chunk(c, n, *first);
     *first = false;
-    sendfile_exactly(c, n);
     c->total += (int64_t)n;
     pos += (off_t)n;
     left -= (int64_t)n;
@@ -116,15 +195,6 @@ static bool sends_from_file(const chunk_out *c) {
   return c->in.is_file && c->out.is_socket && c->out.nonblock;
 }
 
-/* Corks a TCP dest unless its owner already did; a UNIX socket refuses. */
-static void cork(chunk_out *c) {
-  int on = 0;
-  socklen_t len = sizeof(on);
-  if (getsockopt(c->out.fd, IPPROTO_TCP, TCP_CORK, &on, &len) < 0 || on) return;
-  on = 1;
-  c->corked = setsockopt(c->out.fd, IPPROTO_TCP, TCP_CORK, &on, sizeof(on)) == 0;
-}
-
 /* Uncorking sends what the cork held back, on every way out. */
 static VALUE chunked_done(VALUE p) {
   chunk_out *c = (chunk_out *)p;
@@ -141,14 +211,18 @@ static VALUE chunked_body(VALUE p) {
   bool first = true;
   buffered_chunk(c, &first);
   if (sends_from_file(c)) {
-    cork(c);
     file_chunks(c, &first);
   } else {
     pipe_chunks(c, &first);
   }
   static const char last[] = "\r\n0\r\n\r\n";
   size_t skip = first ? 2 : 0; /* no chunk before: no CRLF to close */
-  rs_write_all_direct(c->out.fd, last + skip, sizeof(last) - 1 - skip, false, "http1_splice_chunked");
+  if (c->staged > 0) { /* the last chunk rides with the final batch */
+    stage_bytes(c, last + skip, sizeof(last) - 1 - skip);
+    flush_staged(c);
+  } else {
+    rs_write_all_direct(c->out.fd, last + skip, sizeof(last) - 1 - skip, false, "http1_splice_chunked");
+  }
   return Qnil;
 }
 
