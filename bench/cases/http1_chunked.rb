@@ -141,6 +141,24 @@ module Bench
     def double_splice(file, io)
       IO.double_splice(file, io)
     end
+
+    # bench/c/http1_uring_chain.c: the io_uring linked chain per chunk the
+    # issue describes, in C. Reads the file from its position on stdin,
+    # writes the body to the socket on stdout; its CPU and RSS become the
+    # contender's.
+    def c_uring_chain(file, io, meter)
+      binary = CProgram.build("http1_uring_chain", pkg: "liburing")
+      report, status = IO.pipe do |r, w|
+        pid = Process.spawn(binary, CHUNK.to_s, in: file, out: io, err: w)
+        w.close
+        [r.read, Process.wait2(pid).last]
+      end
+      raise "http1_uring_chain failed: #{status.inspect}: #{report}" unless status.success?
+
+      own = CProgram.figures(report)
+      CProgram.adopt(meter, own) if meter
+      own.fetch(:payload)
+    end
   end
 end
 
@@ -161,7 +179,11 @@ Bench.define(:http1_chunked) do
     chunk and CRLF per chunk, no scheduler. `IO.http1_splice_chunked(file, socket)` runs in a
     fiber under `Ringspun.run` forced to one backend, and with no scheduler.
     `IO.double_splice(file, socket)` moves the same file with no framing: the bar for
-    `http1_splice_chunked`. The issue's targets: `http1_splice_chunked` at least 2x the Ruby
+    `http1_splice_chunked`. *C: io_uring linked chain* (`bench/c/http1_uring_chain.c`) is the
+    design the issue names, alone in C: per chunk one submission of a linked header write and
+    `IORING_OP_SPLICE` from a pipe to the socket, beside the splice of the next chunk into the
+    pipe; it shows what that design costs on this kernel, where io_uring runs every splice on
+    an io-wq worker. The issue's targets: `http1_splice_chunked` at least 2x the Ruby
     loop and at least 0.9x `double_splice`; the second ratio is the median of per-round
     ratios between those two rows (same backend), computed from `bench/out/results.json`.
   MD
@@ -189,6 +211,11 @@ Bench.define(:http1_chunked) do
     require "ringspun"
     Bench::Http1Chunked.measure(Bench::Threads.new, :chunked, params, meter) do |file, io|
       Bench::Http1Chunked.http1_splice_chunked(file, io)
+    end
+  end
+  contender(:c_uring_chain, "C: io_uring linked chain per chunk, as the issue describes (bench/c/http1_uring_chain.c)") do |params, meter|
+    Bench::Http1Chunked.measure(Bench::Threads.new, :chunked, params, meter) do |file, io|
+      Bench::Http1Chunked.c_uring_chain(file, io, meter)
     end
   end
   contender(:double_splice_io_uring, "IO.double_splice (no framing), Ringspun io_uring") do |params, meter|
