@@ -90,11 +90,14 @@ class IO
   #   Sends everything from src to dest as an HTTP/1.1 chunked body
   #   ("<hex size>\r\n", the bytes, "\r\n", ..., "0\r\n\r\n"), the bytes
   #   spliced, never read into Ruby. From a regular file to a non-blocking
-  #   socket each chunk is what is left of the file (at most maxlen), sent
-  #   with sendfile(2); a file that grows while it is sent is followed to
-  #   its new end. A TCP dest is corked (TCP_CORK) for the body and
-  #   uncorked when the call returns or raises, unless the caller had
-  #   corked it already.
+  #   socket each chunk is what is left of the file (at most maxlen); the
+  #   headers and the file's pages are staged in a private pipe and handed
+  #   to dest up to 1 MiB at a time, and a file that grows while it is sent
+  #   is followed to its new end. A body of one such chunk goes out as its
+  #   header and one sendfile(2), a TCP dest corked (TCP_CORK) meanwhile
+  #   and uncorked when the call returns or raises, unless the caller had
+  #   corked it already. If the call raises midway, what was staged but not
+  #   yet sent is dropped: the body is cut short either way.
   #   @param src [IO, Ringspun::Pipe, Integer]
   #   @param dest [IO, Ringspun::Pipe, Integer]
   #   @param maxlen [Integer] the largest chunk
