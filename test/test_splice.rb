@@ -45,19 +45,27 @@ module SpliceContract
 
   # ---- file to socket ---------------------------------------------------------------------
 
+  # Opens the file at `path` and hands it, with one end of a fresh `kind`
+  # socket pair (:tcp or :unix), to the block, while a reader drains the
+  # other end. Returns [the block's value, [bytes, sha256] the reader got].
+  def send_file_through(path, kind)
+    out, back = kind == :tcp ? tcp_pair : unix_pair
+    reader = go { drain(back) }
+    moved = File.open(path, "rb") { |f| yield f, out }
+    out.close_write
+    [moved, reader.value]
+  ensure
+    close_all(out, back)
+  end
+
   def test_double_splice_file_to_tcp_socket
     data = random_bytes(11, MIB + 13)
     path = data_file("src.bin", data)
     in_mode do
-      client, server = tcp_pair
-      reader = go { drain(server) }
-      moved = File.open(path, "rb") { |f| IO.double_splice(f, client) }
-      client.close_write
+      moved, got = send_file_through(path, :tcp) { |f, dest| IO.double_splice(f, dest) }
       assert_equal data.bytesize, moved
-      assert_equal [data.bytesize, sha256(data)], reader.value
+      assert_equal [data.bytesize, sha256(data)], got
       assert_no_pending_operations
-    ensure
-      close_all(client, server)
     end
   end
 
@@ -68,18 +76,13 @@ module SpliceContract
     data = random_bytes(15, 600 * KIB + 9)
     path = data_file("src.bin", data)
     in_mode do
-      client, server = tcp_pair
-      reader = go { drain(server) }
-      moved = File.open(path, "rb") do |f|
+      moved, got = send_file_through(path, :tcp) do |f, dest|
         assert_equal data.byteslice(0, 5), f.read(5) # Ruby buffers more than that
-        IO.double_splice(f, client).tap { assert f.eof? }
+        IO.double_splice(f, dest).tap { assert f.eof? }
       end
-      client.close_write
       assert_equal data.bytesize - 5, moved
-      assert_equal [data.bytesize - 5, sha256(data.byteslice(5..))], reader.value
+      assert_equal [data.bytesize - 5, sha256(data.byteslice(5..))], got
       assert_no_pending_operations
-    ensure
-      close_all(client, server)
     end
   end
 
@@ -87,15 +90,10 @@ module SpliceContract
     data = random_bytes(12, 300 * KIB + 1)
     path = data_file("src.bin", data)
     in_mode do
-      a, b = unix_pair
-      reader = go { drain(b) }
-      moved = File.open(path, "rb") { |f| IO.double_splice(f, a, chunk_size: 4096) }
-      a.close_write
+      moved, got = send_file_through(path, :unix) { |f, dest| IO.double_splice(f, dest, chunk_size: 4096) }
       assert_equal data.bytesize, moved
-      assert_equal [data.bytesize, sha256(data)], reader.value
+      assert_equal [data.bytesize, sha256(data)], got
       assert_no_pending_operations
-    ensure
-      close_all(a, b)
     end
   end
 

@@ -70,12 +70,17 @@ static void buffered_chunk(chunk_out *c, bool *first) {
   *first = false;
 }
 
+/* The file shrank under us: the header promised len more bytes. */
+NORETURN(static void announced_eof(size_t len));
+static void announced_eof(size_t len) {
+  rb_raise(rb_eEOFError, "http1_splice_chunked: src ended %zu bytes into a chunk it had announced", len);
+}
+
 /* Sends exactly len bytes from the file position of c->in to dest. */
 static void sendfile_exactly(chunk_out *c, size_t len) {
   while (len > 0) {
     long n = rs_sendfile_some(c->out.fd, c->in.fd, len, "http1_splice_chunked", false);
-    if (n == 0) /* the file shrank under us: the header promised more */
-      rb_raise(rb_eEOFError, "http1_splice_chunked: src ended %zu bytes into a chunk it had announced", len);
+    if (n == 0) announced_eof(len);
     len -= (size_t)n;
   }
 }
@@ -109,8 +114,8 @@ static void stage_file(chunk_out *c, size_t len) {
     if (n > 0) {
       c->staged += (size_t)n;
       len -= (size_t)n;
-    } else if (n == 0) { /* the file shrank under us: the header promised more */
-      rb_raise(rb_eEOFError, "http1_splice_chunked: src ended %zu bytes into a chunk it had announced", len);
+    } else if (n == 0) {
+      announced_eof(len);
     } else if (errno == EAGAIN && c->staged > 0) {
       flush_staged(c);
     } else if (errno != EINTR) { /* EAGAIN into an empty pipe: the file's, not ours to spin on */
@@ -218,11 +223,13 @@ static VALUE chunked_body(VALUE p) {
   }
   static const char last[] = "\r\n0\r\n\r\n";
   size_t skip = first ? 2 : 0; /* no chunk before: no CRLF to close */
+  const char *tail = last + skip;
+  size_t tail_len = sizeof(last) - 1 - skip;
   if (c->staged > 0) { /* the last chunk rides with the final batch */
-    stage_bytes(c, last + skip, sizeof(last) - 1 - skip);
+    stage_bytes(c, tail, tail_len);
     flush_staged(c);
   } else {
-    rs_write_all_direct(c->out.fd, last + skip, sizeof(last) - 1 - skip, false, "http1_splice_chunked");
+    rs_write_all_direct(c->out.fd, tail, tail_len, false, "http1_splice_chunked");
   }
   return Qnil;
 }

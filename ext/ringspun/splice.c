@@ -109,7 +109,7 @@ long rs_sendfile_some(int out, int in, size_t len, const char *call, bool refusa
     if (n >= 0) return n;
     if (errno == EINTR) continue;
     if (refusable && (errno == EINVAL || errno == ENOSYS)) return -errno;
-    if (errno != EAGAIN) rs_raise_side(call, errno, errno == EIO ? "src" : side_of(errno, in));
+    if (errno != EAGAIN) rs_raise_side(call, errno, side_of(errno, in)); /* EIO: src */
     int w = rs_io_wait_fd(out, POLLOUT, -1);
     if (w < 0) rs_raise_side(call, -w, "dest");
   }
