@@ -18,8 +18,8 @@
 #include <unistd.h>
 #include <liburing/io_uring.h>
 
-static VALUE cScheduler, cFiber;
-static ID id_new, id_blocking, id_report, id_io_uring, id_epoll, id_auto;
+static VALUE cScheduler, cFiber, non_blocking_kw;
+static ID id_new, id_report, id_io_uring, id_epoll, id_auto;
 
 /* Bumped in every forked child, so a scheduler notices it was inherited. */
 static volatile unsigned long fork_generation;
@@ -37,7 +37,10 @@ typedef struct sched_wrap {
   rs_sched s;
   unsigned long generation;
   VALUE pending_error; /* non-StandardError that escaped a fiber */
-  VALUE fibers;        /* Hash: the fibers started here and not finished */
+  /* The fibers started here and not finished, keyed by address (they are
+   * marked, so never moved). Not a Hash: hashing a Fiber gives it an
+   * object id, a table insertion per fiber. */
+  st_table *fibers;
 } sched_wrap;
 
 static VALUE eRunAborted;
@@ -50,6 +53,13 @@ static void mark_op(rs_op *op, void *arg) {
   rb_gc_mark(op->raise_message);
 }
 
+static int mark_fiber_key(st_data_t key, st_data_t val, st_data_t arg) {
+  (void)val;
+  (void)arg;
+  rb_gc_mark((VALUE)key);
+  return ST_CONTINUE;
+}
+
 static void sched_mark(void *p) {
   sched_wrap *w = p;
   /* Fibers are pinned (rb_gc_mark): block_ops is keyed by their address. */
@@ -58,7 +68,7 @@ static void sched_mark(void *p) {
   rb_gc_mark(w->s.resuming);
   rb_gc_mark(w->s.thread);
   rb_gc_mark(w->pending_error);
-  rb_gc_mark(w->fibers);
+  if (w->fibers) st_foreach(w->fibers, mark_fiber_key, 0);
   rs_op_pool_each_live(&w->s.pool, mark_op, NULL);
 }
 
@@ -74,6 +84,7 @@ static void sched_free(void *p) {
   rs_op_pool_destroy(&w->s.pool);
   rs_buf_pool_destroy(&w->s.bufs);
   if (w->s.block_ops) st_free_table(w->s.block_ops);
+  if (w->fibers) st_free_table(w->fibers);
   xfree(w->s.again_bits);
   xfree(w);
 }
@@ -97,7 +108,7 @@ static VALUE sched_alloc(VALUE klass) {
   w->s.self = self;
   w->s.loop_fiber = w->s.running = w->s.resuming = w->s.thread = Qnil;
   w->pending_error = Qnil;
-  w->fibers = rb_hash_new();
+  w->fibers = st_init_numtable();
   w->s.backend.wake_fd = -1;
   rs_op_pool_init(&w->s.pool);
   w->s.block_ops = st_init_numtable();
@@ -526,9 +537,16 @@ static VALUE raise_abort(VALUE fiber) {
   return rb_fiber_raise(fiber, 2, args);
 }
 
+static int push_fiber_key(st_data_t key, st_data_t val, st_data_t ary) {
+  (void)val;
+  rb_ary_push((VALUE)ary, (VALUE)key);
+  return ST_CONTINUE;
+}
+
 static VALUE unwind_fibers(VALUE self) {
   rs_sched *s = rs_sched_get(self);
-  VALUE fibers = rb_funcall(wrap_of(s)->fibers, rb_intern("keys"), 0);
+  VALUE fibers = rb_ary_new_capa((long)wrap_of(s)->fibers->num_entries);
+  st_foreach(wrap_of(s)->fibers, push_fiber_key, fibers);
   for (long i = 0; i < RARRAY_LEN(fibers); i++) {
     VALUE f = RARRAY_AREF(fibers, i);
     if (f == rb_fiber_current() || !RTEST(rb_fiber_alive_p(f))) continue;
@@ -602,8 +620,8 @@ static void after_fork_child(sched_wrap *w) {
   s->remote_head = NULL;
   VALUE cur = rb_fiber_current();
   s->live_fibers = (cur != s->loop_fiber && !s->closed) ? 1 : 0;
-  rb_hash_clear(w->fibers);
-  if (s->live_fibers) rb_hash_aset(w->fibers, cur, Qtrue);
+  st_clear(w->fibers);
+  if (s->live_fibers) st_insert(w->fibers, (st_data_t)cur, 0);
   s->thread = rb_thread_current();
   if (s->closed || !ops) return;
   int ret = backend_start(s, ops);
@@ -682,7 +700,8 @@ static VALUE fiber_body(RB_BLOCK_CALL_FUNC_ARGLIST(yielded, data)) {
   int state = 0;
   VALUE result = rb_protect(call_proc, RARRAY_AREF(data, 1), &state);
   s->live_fibers--;
-  rb_hash_delete(wrap_of(s)->fibers, rb_fiber_current());
+  st_data_t key = (st_data_t)rb_fiber_current();
+  st_delete(wrap_of(s)->fibers, &key, NULL);
   if (!state) return result;
   VALUE err = rb_errinfo();
   if (state == 6 && rb_obj_is_kind_of(err, eRunAborted)) {
@@ -712,12 +731,10 @@ static VALUE sched_fiber(int argc, VALUE *argv, VALUE self) {
   rb_need_block();
   if (s->closed) rb_raise(rb_eIOError, "ringspun: scheduler is closed");
   VALUE data = rb_ary_new_from_args(2, self, rb_block_proc());
-  VALUE kw = rb_hash_new();
-  rb_hash_aset(kw, ID2SYM(id_blocking), Qfalse);
-  VALUE body = rb_proc_new(fiber_body, data);
-  VALUE fiber = rb_funcall_with_block_kw(cFiber, id_new, 1, &kw, body, RB_PASS_KEYWORDS);
+  VALUE fiber = rb_funcall_with_block_kw(cFiber, id_new, 1, &non_blocking_kw, rb_proc_new(fiber_body, data),
+                                         RB_PASS_KEYWORDS);
   s->live_fibers++;
-  rb_hash_aset(wrap_of(s)->fibers, fiber, Qtrue);
+  st_insert(wrap_of(s)->fibers, (st_data_t)fiber, 0);
   VALUE me = rb_fiber_current();
   if (me == s->loop_fiber) {
     s->running = fiber;
@@ -930,13 +947,17 @@ static VALUE sched_features(VALUE self) {
 void rs_init_scheduler(VALUE mRingspun) {
   pthread_atfork(NULL, NULL, on_fork_child);
   id_new = rb_intern("new");
-  id_blocking = rb_intern("blocking");
   id_report = rb_intern("report_fiber_error");
   id_io_uring = rb_intern("io_uring");
   id_epoll = rb_intern("epoll");
   id_auto = rb_intern("auto");
 
   cFiber = rb_path2class("Fiber");
+  /* {blocking: false}, made once: Fiber.new only reads it. */
+  non_blocking_kw = rb_hash_new();
+  rb_hash_aset(non_blocking_kw, ID2SYM(rb_intern("blocking")), Qfalse);
+  rb_obj_freeze(non_blocking_kw);
+  rb_gc_register_mark_object(non_blocking_kw);
   cScheduler = rb_define_class_under(mRingspun, "Scheduler", rb_cObject);
   /* Not a StandardError: `rescue => e` in user code must not swallow it. */
   eRunAborted = rb_define_class_under(mRingspun, "RunAborted", rb_eException);
