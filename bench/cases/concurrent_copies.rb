@@ -2,6 +2,7 @@
 
 require "open3"
 require "socket"
+require "timeout"
 require "bench/c_program"
 require "bench/fixtures"
 require "bench/peers"
@@ -39,6 +40,18 @@ module Bench
       check(received, params[:mib] * MIB)
     ensure
       pairs&.flatten&.each { |io| io.close unless io.closed? }
+    end
+
+    # The Ruby floor: the same copies and readers with no scheduler and no
+    # concurrency, each copy sent whole and then read (Bench::Inline). Any
+    # event loop runs this Ruby and more. A copy that does not fit in the
+    # socket's buffers would wait forever for its reader: skipped then.
+    def measure_inline(params, meter)
+      Timeout.timeout(10 + params[:copies] / 10) do
+        measure(Bench::Inline.new, params, meter) { |src, dest| IO.copy_stream(src, dest) }
+      end
+    rescue Timeout::Error
+      raise Skip, "a #{params[:mib]} MiB copy does not fit in a loopback socket's buffers here"
     end
 
     # One C thread doing every copy (bench/c/concurrent_copies.c): the
@@ -110,7 +123,10 @@ Bench.define(:concurrent_copies) do
     runs `IO.copy_stream` in a task per copy. *One C thread* (`bench/c/concurrent_copies.c`)
     does the same copies with no runtime: `sendfile(2)` and `read(2)` into one buffer, the copies
     visited round robin, non-blocking; its CPU s and peak RSS are its own, and its window starts
-    after it has connected its pairs. It is the most any event loop on one thread can do. The
+    after it has connected its pairs. It is the most any event loop on one thread can do. *No
+    scheduler* runs the same Ruby (copies with `IO.copy_stream`, readers as above) with no
+    concurrency at all: each copy is sent whole, then its reader reads it, then the next. It is
+    the floor of the Ruby every contender runs, the most any Ruby event loop can do. The
     issue's targets: `Ringspun.run` with `double_splice` at least 2x faster than a thread per
     copy, with a lower peak RSS.
   MD
@@ -146,6 +162,9 @@ Bench.define(:concurrent_copies) do
   end
   contender(:async, "Async 2.24: IO.copy_stream in a task") do |params, meter|
     Bench::ConcurrentCopies.measure(Bench::AsyncTasks.new, params, meter) { |src, dest| IO.copy_stream(src, dest) }
+  end
+  contender(:ruby_inline, "no scheduler: one copy (IO.copy_stream) then its reader, in turn") do |params, meter|
+    Bench::ConcurrentCopies.measure_inline(params, meter)
   end
   contender(:c_one_thread, "one C thread: sendfile + read(2), no runtime (bench/c/concurrent_copies.c)") do |params, meter|
     Bench::ConcurrentCopies.measure_c(params, meter)

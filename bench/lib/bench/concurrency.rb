@@ -51,6 +51,22 @@ module Bench
     end
   end
 
+  # No concurrency at all: each task runs to its end when it is spawned, on
+  # the calling thread, with no scheduler. It gives the floor of the Ruby the
+  # tasks run, for cases where every task can finish alone in spawn order
+  # (a copy whose bytes fit in its socket's buffers, then its reader).
+  class Inline
+    def check!; end
+
+    def run
+      yield self
+    end
+
+    def spawn
+      yield
+    end
+  end
+
   # One Ruby thread per task, blocking IO, no scheduler.
   class Threads
     def initialize
