@@ -198,7 +198,10 @@ struct rs_sched {
   pthread_mutex_t remote_lock;
   rs_op *remote_head;
   rs_work_pool *work;
-  long live_fibers;     /* fibers started by us and not yet finished */
+  /* The fibers started by us and not yet finished, keyed by address (they
+   * are marked, so never moved); their count is how many are live. Not a
+   * Hash: hashing a Fiber gives it an object id, a table insertion each. */
+  st_table *fibers;
   size_t inflight;      /* ops with kernel_refs > 0 */
   pid_t pid;            /* owner process, to spot a forked child */
   VALUE thread;

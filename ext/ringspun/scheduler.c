@@ -37,10 +37,6 @@ typedef struct sched_wrap {
   rs_sched s;
   unsigned long generation;
   VALUE pending_error; /* non-StandardError that escaped a fiber */
-  /* The fibers started here and not finished, keyed by address (they are
-   * marked, so never moved). Not a Hash: hashing a Fiber gives it an
-   * object id, a table insertion per fiber. */
-  st_table *fibers;
 } sched_wrap;
 
 static VALUE eRunAborted;
@@ -68,7 +64,7 @@ static void sched_mark(void *p) {
   rb_gc_mark(w->s.resuming);
   rb_gc_mark(w->s.thread);
   rb_gc_mark(w->pending_error);
-  if (w->fibers) st_foreach(w->fibers, mark_fiber_key, 0);
+  if (w->s.fibers) st_foreach(w->s.fibers, mark_fiber_key, 0);
   rs_op_pool_each_live(&w->s.pool, mark_op, NULL);
 }
 
@@ -84,7 +80,7 @@ static void sched_free(void *p) {
   rs_op_pool_destroy(&w->s.pool);
   rs_buf_pool_destroy(&w->s.bufs);
   if (w->s.block_ops) st_free_table(w->s.block_ops);
-  if (w->fibers) st_free_table(w->fibers);
+  if (w->s.fibers) st_free_table(w->s.fibers);
   xfree(w->s.again_bits);
   xfree(w);
 }
@@ -108,7 +104,7 @@ static VALUE sched_alloc(VALUE klass) {
   w->s.self = self;
   w->s.loop_fiber = w->s.running = w->s.resuming = w->s.thread = Qnil;
   w->pending_error = Qnil;
-  w->fibers = st_init_numtable();
+  w->s.fibers = st_init_numtable();
   w->s.backend.wake_fd = -1;
   rs_op_pool_init(&w->s.pool);
   w->s.block_ops = st_init_numtable();
@@ -125,6 +121,8 @@ rs_sched *rs_sched_get(VALUE self) {
 }
 
 static sched_wrap *wrap_of(rs_sched *s) { return (sched_wrap *)s; }
+
+static long live_fibers(const rs_sched *s) { return (long)s->fibers->num_entries; }
 
 rs_sched *rs_sched_current(void) {
   VALUE cur = rb_fiber_scheduler_current();
@@ -408,7 +406,7 @@ int rs_run_work(int (*fn)(void *), void *arg) {
    * waits for a worker: the hand-over and wake-up would only add latency
    * (a tenth of gunzip's time). Ops it has in flight (read-ahead) are in
    * the kernel already. */
-  if (s && s->live_fibers > 1) {
+  if (s && live_fibers(s) > 1) {
     rs_op *op = rs_op_new(s, RS_OP_WORK);
     op->work_fn = fn;
     op->work_arg = arg;
@@ -499,7 +497,7 @@ static VALUE sched_run(VALUE self) {
     rb_raise(rb_eRuntimeError, "ringspun: Scheduler#run must be called from the fiber that created the scheduler");
   for (;;) {
     drain_ready(s);
-    if (s->live_fibers <= 0 && !s->ready_head) break;
+    if (live_fibers(s) == 0 && !s->ready_head) break;
     int ret = sched_wait(s, s->ready_head ? 0 : -1);
     if (ret < 0) rs_raise_errno(-ret, s->backend.ops->name);
     rb_thread_check_ints();
@@ -545,8 +543,8 @@ static int push_fiber_key(st_data_t key, st_data_t val, st_data_t ary) {
 
 static VALUE unwind_fibers(VALUE self) {
   rs_sched *s = rs_sched_get(self);
-  VALUE fibers = rb_ary_new_capa((long)wrap_of(s)->fibers->num_entries);
-  st_foreach(wrap_of(s)->fibers, push_fiber_key, fibers);
+  VALUE fibers = rb_ary_new_capa(live_fibers(s));
+  st_foreach(s->fibers, push_fiber_key, fibers);
   for (long i = 0; i < RARRAY_LEN(fibers); i++) {
     VALUE f = RARRAY_AREF(fibers, i);
     if (f == rb_fiber_current() || !RTEST(rb_fiber_alive_p(f))) continue;
@@ -558,9 +556,9 @@ static VALUE unwind_fibers(VALUE self) {
   }
   /* Their ensure clauses may wait: give them a bounded second. */
   uint64_t deadline = rs_now_ns() + 1000000000ULL;
-  while (s->live_fibers > 0 && rs_now_ns() < deadline) {
+  while (live_fibers(s) > 0 && rs_now_ns() < deadline) {
     drain_ready(s);
-    if (s->live_fibers <= 0) break;
+    if (live_fibers(s) == 0) break;
     sched_wait(s, s->ready_head ? 0 : 10 * 1000000LL);
   }
   return Qnil;
@@ -619,9 +617,8 @@ static void after_fork_child(sched_wrap *w) {
   pthread_mutex_init(&s->remote_lock, NULL);
   s->remote_head = NULL;
   VALUE cur = rb_fiber_current();
-  s->live_fibers = (cur != s->loop_fiber && !s->closed) ? 1 : 0;
-  st_clear(w->fibers);
-  if (s->live_fibers) st_insert(w->fibers, (st_data_t)cur, 0);
+  st_clear(s->fibers);
+  if (cur != s->loop_fiber && !s->closed) st_insert(s->fibers, (st_data_t)cur, 0);
   s->thread = rb_thread_current();
   if (s->closed || !ops) return;
   int ret = backend_start(s, ops);
@@ -699,9 +696,8 @@ static VALUE fiber_body(RB_BLOCK_CALL_FUNC_ARGLIST(yielded, data)) {
   s->running = rb_fiber_current();
   int state = 0;
   VALUE result = rb_protect(call_proc, RARRAY_AREF(data, 1), &state);
-  s->live_fibers--;
   st_data_t key = (st_data_t)rb_fiber_current();
-  st_delete(wrap_of(s)->fibers, &key, NULL);
+  st_delete(s->fibers, &key, NULL);
   if (!state) return result;
   VALUE err = rb_errinfo();
   if (state == 6 && rb_obj_is_kind_of(err, eRunAborted)) {
@@ -733,8 +729,7 @@ static VALUE sched_fiber(int argc, VALUE *argv, VALUE self) {
   VALUE data = rb_ary_new_from_args(2, self, rb_block_proc());
   VALUE fiber = rb_funcall_with_block_kw(cFiber, id_new, 1, &non_blocking_kw, rb_proc_new(fiber_body, data),
                                          RB_PASS_KEYWORDS);
-  s->live_fibers++;
-  st_insert(wrap_of(s)->fibers, (st_data_t)fiber, 0);
+  st_insert(s->fibers, (st_data_t)fiber, 0);
   VALUE me = rb_fiber_current();
   if (me == s->loop_fiber) {
     s->running = fiber;
@@ -930,7 +925,7 @@ static VALUE sched_wait_pidfd(VALUE self, VALUE pid) {
 static VALUE sched_pending_operations(VALUE self) { return SIZET2NUM(rs_sched_get(self)->pool.live); }
 static VALUE sched_inflight(VALUE self) { return SIZET2NUM(rs_sched_get(self)->inflight); }
 static VALUE sched_closed_p(VALUE self) { return rs_sched_get(self)->closed ? Qtrue : Qfalse; }
-static VALUE sched_fiber_count(VALUE self) { return LONG2NUM(rs_sched_get(self)->live_fibers); }
+static VALUE sched_fiber_count(VALUE self) { return LONG2NUM(live_fibers(rs_sched_get(self))); }
 
 static VALUE sched_features(VALUE self) {
   rs_sched *s = rs_sched_get(self);
