@@ -948,7 +948,8 @@ void rs_init_scheduler(VALUE mRingspun) {
   id_auto = rb_intern("auto");
 
   cFiber = rb_path2class("Fiber");
-  /* {blocking: false}, made once: Fiber.new only reads it. */
+  /* {blocking: false}, made once. Ruby still hands Fiber.new a copy, so a
+   * spin allocates one Hash where it made two. */
   non_blocking_kw = rb_hash_new();
   rb_hash_aset(non_blocking_kw, ID2SYM(rb_intern("blocking")), Qfalse);
   rb_obj_freeze(non_blocking_kw);
