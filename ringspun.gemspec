@@ -7,9 +7,11 @@ version = File.read(version_file)[/VERSION\s*=\s*"([^"]+)"/, 1] or
   raise "no VERSION in #{version_file}"
 
 # Packaged: the extension sources, the Ruby layer, README and LICENSE; never a build product.
+# (`rake compile` installs each Ruby's build under lib/ringspun/<abi>/, e.g. 3.4.0.)
 packaged = lambda do |path|
   (path.start_with?("ext/", "lib/") || %w[README.md LICENSE].include?(path)) &&
     !path.end_with?(".so", ".o", "/Makefile", "/mkmf.log", "/extconf.h") &&
+    !path.match?(%r{\Alib/ringspun/\d[^/]*/|\.so\.tmp\d+\z}) &&
     File.file?(path)
 end
 

@@ -1,13 +1,23 @@
 # frozen_string_literal: true
 
+require "rbconfig"
 require_relative "ringspun/version"
-# RINGSPUN_EXT names another build of the extension (the sanitizer build the
-# test task runs); normally the one beside this file.
-if ENV["RINGSPUN_EXT"]
-  require ENV["RINGSPUN_EXT"]
-else
-  require_relative "ringspun/ringspun"
+
+# The compiled extension, first found of:
+# - RINGSPUN_EXT, another build named by path (the sanitizer build the test
+#   task runs);
+# - ringspun/<abi>/ringspun.so beside this file, where `rake compile` puts
+#   the build of each Ruby in a checkout (<abi>: RbConfig's ruby_version,
+#   3.1.0 or 3.4.0), so Rubies sharing a checkout each load their own;
+# - ringspun/ringspun.so beside this file or on the load path, where
+#   `gem install` puts it (the gem's lib/ or its extension directory).
+ringspun_ext = ENV.fetch("RINGSPUN_EXT", "")
+if ringspun_ext.empty?
+  dlext = RbConfig::CONFIG["DLEXT"]
+  ringspun_ext = [File.join(__dir__, "ringspun", RbConfig::CONFIG["ruby_version"], "ringspun.#{dlext}"),
+                  File.join(__dir__, "ringspun", "ringspun.#{dlext}")].find { |path| File.exist?(path) }
 end
+require(ringspun_ext || "ringspun/ringspun")
 require_relative "ringspun/scheduler"
 require_relative "ringspun/fork"
 require_relative "ringspun/pipe"

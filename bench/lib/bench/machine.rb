@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "etc"
+require "rbconfig"
 require "open3"
 
 module Bench
@@ -59,7 +60,7 @@ module Bench
     def checkout_notes
       notes = []
       notes << "ext/ or lib/ modified since" unless runtime_clean?
-      notes << "lib/ringspun/ringspun.so older than ext/ sources" if stale_extension?
+      notes << "lib/ringspun/#{RbConfig::CONFIG['ruby_version']}/ringspun.so older than ext/ sources" if stale_extension?
       notes
     end
 
@@ -69,7 +70,7 @@ module Bench
     end
 
     def stale_extension?
-      so = File.join(ROOT, "lib/ringspun/ringspun.so")
+      so = File.join(ROOT, "lib/ringspun", RbConfig::CONFIG["ruby_version"], "ringspun.#{RbConfig::CONFIG['DLEXT']}")
       return true unless File.exist?(so)
 
       newest = Dir[File.join(ROOT, "ext/ringspun/*.{c,h}")].map { |f| File.mtime(f) }.max
