@@ -68,6 +68,17 @@ ringspun_missing("header sys/epoll.h", "build-essential") unless have_header("sy
 # glibc 2.35+: epoll waits with a nanosecond timeout (kernel 5.11+, probed at run time).
 have_func("epoll_pwait2", "sys/epoll.h")
 
+# --- the Fiber::Scheduler interface of the Ruby being built for -------------------------
+# Each hook is compiled in where this Ruby calls it, found by its C API, never by
+# comparing version strings (sched_io.c, scheduler.c):
+#   io_pread/io_pwrite (3.3+; Ruby 3.1 declares an io_pread it never calls, hence the
+#   _memory variant IO#pread goes through), io_select (3.3+), blocking_operation_wait (3.4+),
+#   its C handle for running the work on our own threads (4.0+), fiber_interrupt (4.0+).
+%w[rb_fiber_scheduler_io_pread_memory rb_fiber_scheduler_io_select rb_fiber_scheduler_blocking_operation_wait
+   rb_fiber_scheduler_blocking_operation_extract rb_fiber_scheduler_fiber_interrupt].each do |func|
+  have_func(func, "ruby/fiber/scheduler.h")
+end
+
 # --- compiler flags ------------------------------------------------------------------
 # Added after the checks above so that a sanitizer or -O0 never changes what they find.
 # Later -O flags win, so the order below is: release, then sanitizer, then debug.

@@ -57,17 +57,19 @@ static VALUE close_pipe_fds(VALUE p) {
 
 /* Bytes Ruby already buffered for src go out as the first chunk. */
 static void buffered_chunk(chunk_out *c, bool *first) {
-  const char *data;
   VALUE io = rs_io_end_io(c->src_obj, RS_SIDE_READ);
-  long n = io == Qundef ? 0 : rs_io_buffered(io, &data);
-  if (n <= 0) return;
-  char hdr[32];
-  size_t hl = rs_chunk_header(hdr, (uint64_t)n, *first);
-  rs_write_all_direct(c->out.fd, hdr, hl, true, "http1_splice_chunked");
-  rs_write_all_direct(c->out.fd, data, (size_t)n, true, "http1_splice_chunked");
-  rs_io_consume(io, n);
-  c->total += n;
-  *first = false;
+  VALUE got;
+  /* One chunk per take: Ruby's buffer is rarely more than one. */
+  while (io != Qundef && !NIL_P(got = rs_io_take_buffered(io, RS_TAKE_MAX))) {
+    long n = RSTRING_LEN(got);
+    char hdr[32];
+    size_t hl = rs_chunk_header(hdr, (uint64_t)n, *first);
+    rs_write_all_direct(c->out.fd, hdr, hl, true, "http1_splice_chunked");
+    rs_write_all_direct(c->out.fd, RSTRING_PTR(got), (size_t)n, true, "http1_splice_chunked");
+    RB_GC_GUARD(got);
+    c->total += n;
+    *first = false;
+  }
 }
 
 /* The file shrank under us: the header promised len more bytes. */
@@ -273,10 +275,9 @@ static void early_eof(chunk_in *c) {
   rb_raise(rb_eEOFError, "end of input inside a chunked body (byte offset %llu)", (unsigned long long)c->p.offset);
 }
 
-static rb_io_t *buffered(chunk_in *c) {
-  if (NIL_P(c->src_io)) return NULL;
-  rb_io_t *fptr = RFILE(c->src_io)->fptr;
-  return fptr && fptr->rbuf.len > 0 ? fptr : NULL;
+/* Up to max bytes Ruby buffered for src, taken out of its buffer; nil when none. */
+static VALUE buffered(chunk_in *c, long max) {
+  return NIL_P(c->src_io) ? Qnil : rs_io_take_buffered(c->src_io, max);
 }
 
 static void put_payload(chunk_in *c, const char *data, size_t n) {
@@ -306,11 +307,14 @@ static size_t read_some(chunk_in *c, void *buf, size_t len, int flags) {
  * time (a pipe cannot be peeked, and reading ahead would eat the bytes
  * that follow the body). */
 static void parse_framing(chunk_in *c) {
-  rb_io_t *fptr = buffered(c);
-  if (fptr) {
-    size_t used = rs_chunk_parse(&c->p, (const uint8_t *)fptr->rbuf.ptr + fptr->rbuf.off, (size_t)fptr->rbuf.len);
-    fptr->rbuf.off += (int)used;
-    fptr->rbuf.len -= (int)used;
+  VALUE got = buffered(c, RS_TAKE_MAX);
+  if (!NIL_P(got)) {
+    long n = RSTRING_LEN(got);
+    size_t used = rs_chunk_parse(&c->p, (const uint8_t *)RSTRING_PTR(got), (size_t)n);
+    /* What the parser did not take goes back where it was: it fits, since
+     * the buffer held it a moment ago. */
+    if ((long)used < n) rs_io_unread(c->src_io, RSTRING_PTR(got) + used, n - (long)used);
+    RB_GC_GUARD(got);
     return;
   }
   uint8_t buf[256];
@@ -326,12 +330,11 @@ static void parse_framing(chunk_in *c) {
 
 static size_t move_payload(chunk_in *c, uint64_t remaining) {
   size_t want = remaining > RS_BLOCK_SIZE ? RS_BLOCK_SIZE : (size_t)remaining;
-  rb_io_t *fptr = buffered(c);
-  if (fptr) {
-    size_t n = (size_t)fptr->rbuf.len < want ? (size_t)fptr->rbuf.len : want;
-    put_payload(c, fptr->rbuf.ptr + fptr->rbuf.off, n);
-    fptr->rbuf.off += (int)n;
-    fptr->rbuf.len -= (int)n;
+  VALUE got = buffered(c, (long)want);
+  if (!NIL_P(got)) {
+    size_t n = (size_t)RSTRING_LEN(got);
+    put_payload(c, RSTRING_PTR(got), n);
+    RB_GC_GUARD(got);
     return n;
   }
   if (c->src_splicable && NIL_P(c->dst_str)) {

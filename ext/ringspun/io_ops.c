@@ -15,7 +15,12 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
-static ID id_for_fd, id_autoclose, id_to_io, id_read_io, id_write_io;
+static ID id_for_fd, id_autoclose, id_to_io, id_read_io, id_write_io, id_readpartial, id_closed_p;
+
+static VALUE unget_bytes(VALUE p) {
+  VALUE *args = (VALUE *)p;
+  return rb_io_ungetbyte(args[0], args[1]);
+}
 
 VALUE rs_kwarg(VALUE opts, const char *name) {
   if (NIL_P(opts)) return Qundef;
@@ -38,7 +43,7 @@ int rs_io_fd(VALUE io) {
   }
   rb_io_t *fptr;
   GetOpenFile(io, fptr); /* raises IOError on a closed stream */
-  return fptr->fd;
+  return rb_io_descriptor(io);
 }
 
 static int wait_native(rs_sched *s, int fd, short events, int64_t timeout_ns) {
@@ -102,6 +107,93 @@ int rs_io_wait_fd(int fd, short events, int64_t timeout_ns) {
   return wait_blocking(fd, events, timeout_ns);
 }
 
+/* ---- waiting for one of several fds ---------------------------------------------- */
+
+typedef struct wait_any {
+  rs_sched *s;
+  rs_op **ops;
+  long n;       /* ops started */
+} wait_any;
+
+static VALUE wait_any_park(VALUE p) {
+  wait_any *w = (wait_any *)p;
+  for (;;) {
+    for (long i = 0; i < w->n; i++) {
+      rs_op *op = w->ops[i];
+      if (!op->done) continue;
+      if (op->result < 0 && op->result != -ETIME) return INT2NUM(op->result);
+      return INT2NUM(op->kind == RS_OP_TIMER || op->result == -ETIME ? 0 : 1);
+    }
+    int state = rs_sched_park(w->s);
+    if (state) rb_jump_tag(state);
+  }
+}
+
+/* Poll operations hold no Ruby memory: releasing cancels them, and their
+ * completions free them later. */
+static VALUE wait_any_release(VALUE p) {
+  wait_any *w = (wait_any *)p;
+  for (long i = 0; i < w->n; i++) rs_op_release(w->s, w->ops[i]);
+  w->n = 0;
+  return Qnil;
+}
+
+static VALUE wait_any_start(VALUE p) {
+  return rb_ensure(wait_any_park, p, wait_any_release, p);
+}
+
+static int wait_any_native(rs_sched *s, struct pollfd *pfds, long n, int64_t timeout_ns) {
+  VALUE holder;
+  rs_op **ops = ALLOCV_N(rs_op *, holder, n + 1);
+  wait_any w = {s, ops, 0};
+  int ret = 0;
+  for (long i = 0; i <= n && ret >= 0; i++) {
+    if (i == n && timeout_ns < 0) break;
+    rs_op *op = rs_op_new(s, i < n ? RS_OP_POLL : RS_OP_TIMER);
+    if (i < n) {
+      op->fd = pfds[i].fd;
+      op->events = (uint32_t)pfds[i].events;
+      op->timeout_ns = -1;
+    } else {
+      op->timeout_ns = timeout_ns;
+    }
+    ret = rs_op_start(s, op); /* releases op on failure */
+    if (ret >= 0) ops[w.n++] = op;
+  }
+  if (ret < 0) {
+    wait_any_release((VALUE)&w);
+    ALLOCV_END(holder);
+    return ret;
+  }
+  VALUE r = wait_any_start((VALUE)&w);
+  ALLOCV_END(holder);
+  return NUM2INT(r);
+}
+
+typedef struct poll_many {
+  struct pollfd *pfds;
+  long n;
+  int timeout_ms;
+  int ret, err;
+} poll_many;
+
+static void *poll_many_nogvl(void *p) {
+  poll_many *a = p;
+  a->ret = poll(a->pfds, (nfds_t)a->n, a->timeout_ms);
+  a->err = errno;
+  return NULL;
+}
+
+int rs_io_wait_any(struct pollfd *pfds, long n, int64_t timeout_ns) {
+  rs_sched *s = rs_sched_current();
+  if (s) return wait_any_native(s, pfds, n, timeout_ns);
+  /* Without a Ringspun scheduler: poll(2) with the GVL released. */
+  poll_many a = {pfds, n, timeout_ns < 0 ? -1 : (int)((timeout_ns + 999999) / 1000000), 0, 0};
+  rb_thread_call_without_gvl(poll_many_nogvl, &a, RUBY_UBF_IO, NULL);
+  if (a.ret < 0) return a.err == EINTR ? 0 : -a.err;
+  return a.ret > 0;
+}
+
 static VALUE pipe_class(void) {
   static VALUE cPipe = Qundef;
   if (cPipe == Qundef) {
@@ -138,52 +230,58 @@ VALUE rs_io_end_io(VALUE obj, int side) {
   return Qundef;
 }
 
-long rs_io_buffered(VALUE io, const char **data) {
-  if (NIL_P(io) || !RB_TYPE_P(io, T_FILE)) return 0;
-  rb_io_t *fptr = RFILE(io)->fptr;
-  if (!fptr || fptr->rbuf.len <= 0) return 0;
-  *data = fptr->rbuf.ptr + fptr->rbuf.off;
-  return fptr->rbuf.len;
+/* Ruby's read buffer is reached through supported API only (its rb_io_t
+ * fields are deprecated since Ruby 3.3): IO#readpartial hands out buffered
+ * bytes without touching the fd whenever there are some, and
+ * rb_io_ungetbyte puts bytes back in front. */
+static rb_io_t *open_fptr(VALUE io) {
+  if (NIL_P(io) || !RB_TYPE_P(io, T_FILE)) return NULL;
+  return RFILE(io)->fptr;
+}
+
+VALUE rs_io_take_buffered(VALUE io, long max) {
+  rb_io_t *fptr = open_fptr(io);
+  if (!fptr || max <= 0 || !rb_io_read_pending(fptr)) return Qnil;
+  /* readpartial allocates max bytes before it knows how many it has. */
+  if (max > RS_TAKE_MAX) max = RS_TAKE_MAX;
+  return rb_funcall(io, id_readpartial, 1, LONG2NUM(max));
+}
+
+/* Everything Ruby buffered, however many readpartial calls that takes. */
+static VALUE take_all_buffered(VALUE io) {
+  VALUE all = Qnil, part;
+  while (!NIL_P(part = rs_io_take_buffered(io, RS_TAKE_MAX))) {
+    if (NIL_P(all)) all = part;
+    else rb_str_buf_append(all, part);
+  }
+  return all;
 }
 
 void rs_io_unread(VALUE io, const char *data, long n) {
-  if (n <= 0 || NIL_P(io) || !RB_TYPE_P(io, T_FILE)) return;
-  rb_io_t *fptr = RFILE(io)->fptr;
-  if (!fptr) return;
-  /* IO#ungetbyte refuses more than the buffer's capacity; we make room:
-   * these bytes come before whatever the buffer already holds. */
-  if (fptr->rbuf.ptr && fptr->rbuf.off >= n) {
-    fptr->rbuf.off -= (int)n;
-  } else if (fptr->rbuf.ptr && fptr->rbuf.capa >= fptr->rbuf.len + n) {
-    memmove(fptr->rbuf.ptr + n, fptr->rbuf.ptr + fptr->rbuf.off, (size_t)fptr->rbuf.len);
-    fptr->rbuf.off = 0;
-  } else {
-    long capa = fptr->rbuf.len + n < 8192 ? 8192 : fptr->rbuf.len + n;
-    char *buf = ALLOC_N(char, capa);
-    if (fptr->rbuf.ptr) {
-      memcpy(buf + n, fptr->rbuf.ptr + fptr->rbuf.off, (size_t)fptr->rbuf.len);
-      ruby_xfree(fptr->rbuf.ptr);
-    }
-    fptr->rbuf.ptr = buf;
-    fptr->rbuf.capa = (int)capa;
-    fptr->rbuf.off = 0;
-  }
-  memcpy(fptr->rbuf.ptr + fptr->rbuf.off, data, (size_t)n);
-  fptr->rbuf.len += (int)n;
-}
-
-void rs_io_consume(VALUE io, long n) {
-  rb_io_t *fptr = RFILE(io)->fptr;
-  fptr->rbuf.off += (int)n;
-  fptr->rbuf.len -= (int)n;
+  if (n <= 0 || !open_fptr(io) || RTEST(rb_funcall(io, id_closed_p, 0))) return;
+  /* Ours come first, then what Ruby still holds; one ungetbyte puts both
+   * back, in that order. */
+  VALUE back = rb_str_new(data, n);
+  VALUE rest = take_all_buffered(io);
+  if (!NIL_P(rest)) rb_str_buf_append(back, rest);
+  int state = 0;
+  VALUE args[2] = {io, back};
+  rb_protect(unget_bytes, (VALUE)args, &state);
+  if (state)
+    rb_raise(rb_eIOError,
+             "ringspun: %ld bytes read ahead do not fit back into %" PRIsVALUE "'s read buffer "
+             "(IO#ungetbyte refused them; Ruby's buffer cannot grow once it holds data)",
+             RSTRING_LEN(back), rb_obj_class(io));
+  RB_GC_GUARD(back);
 }
 
 int rs_io_end_fd(VALUE obj, int side) {
   VALUE io = rs_io_end_io(obj, side);
   if (io != Qundef) {
     int fd = rs_io_fd(NIL_P(io) ? obj : io);
-    /* What Ruby still buffers for this IO goes out before our bytes do. */
-    if (side == RS_SIDE_WRITE && !NIL_P(io) && RFILE(io)->fptr->wbuf.len > 0) rb_io_flush(io);
+    /* What Ruby still buffers for this IO goes out before our bytes do
+     * (IO#flush: nothing to do when its write buffer is empty). */
+    if (side == RS_SIDE_WRITE && !NIL_P(io)) rb_io_flush(io);
     return fd;
   }
   if (rb_respond_to(obj, id_to_io))
@@ -203,26 +301,30 @@ static rs_sched *native_sched(void) {
 /* The data is often already there (or the room, for a write): one
  * RWF_NOWAIT system call then beats a trip through the ring and a fiber
  * switch. Returns -EAGAIN when it would block or the file cannot say. */
-static ssize_t try_nowait(int kind, int fd, void *buf, size_t len) {
+static ssize_t try_nowait_at(int kind, int fd, void *buf, size_t len, int64_t off) {
   struct iovec iov = {buf, len};
   for (;;) {
-    ssize_t n = kind == RS_OP_READ ? preadv2(fd, &iov, 1, -1, RWF_NOWAIT) : pwritev2(fd, &iov, 1, -1, RWF_NOWAIT);
+    ssize_t n = kind == RS_OP_READ ? preadv2(fd, &iov, 1, (off_t)off, RWF_NOWAIT) : pwritev2(fd, &iov, 1, (off_t)off, RWF_NOWAIT);
     if (n >= 0) return n;
     if (errno == EINTR) continue;
     return errno == EOPNOTSUPP || errno == EINVAL || errno == EWOULDBLOCK ? -EAGAIN : -errno;
   }
 }
 
-static ssize_t native_rw(rs_sched *s, int kind, int fd, void *buf, size_t len, VALUE keep) {
+/* At the file position (read(2)/write(2)). */
+static ssize_t try_nowait(int kind, int fd, void *buf, size_t len) { return try_nowait_at(kind, fd, buf, len, -1); }
+
+/* off < 0: at the file position, like read(2); else at off, like pread(2). */
+static ssize_t native_rw(rs_sched *s, int kind, int fd, void *buf, size_t len, int64_t off, VALUE keep) {
   short events = kind == RS_OP_READ ? POLLIN : POLLOUT;
-  ssize_t quick = try_nowait(kind, fd, buf, len);
+  ssize_t quick = try_nowait_at(kind, fd, buf, len, off);
   if (quick != -EAGAIN) return quick;
   for (;;) {
     rs_op *op = rs_op_new(s, kind);
     op->fd = fd;
     op->buf = buf;
     op->len = len > 0x7ffff000 ? 0x7ffff000 : len;
-    op->off = -1; /* the file position, like read(2) */
+    op->off = off;
     op->keep = keep;
     int ret = rs_op_await(s, op);
     if (ret != -EAGAIN) return ret;
@@ -232,21 +334,36 @@ static ssize_t native_rw(rs_sched *s, int kind, int fd, void *buf, size_t len, V
   }
 }
 
-static ssize_t ready_rw(int kind, int fd, void *buf, size_t len) {
-  short events = kind == RS_OP_READ ? POLLIN : POLLOUT;
-  for (;;) {
-    ssize_t n = kind == RS_OP_READ ? read(fd, buf, len) : write(fd, buf, len);
-    if (n >= 0) return n;
-    if (errno == EINTR) continue;
-    if (errno != EAGAIN && errno != EWOULDBLOCK) return -errno;
-    int ret = rs_io_wait_fd(fd, events, -1);
-    if (ret < 0) return ret;
-  }
-}
-
 static bool fd_ready(int fd, short events) {
   struct pollfd p = {.fd = fd, .events = events};
   return poll(&p, 1, 0) > 0;
+}
+
+/* One attempt that never blocks, whatever the fd's O_NONBLOCK says: an fd
+ * Ruby did not make non-blocking ($stdin, an inherited pipe, a socket set
+ * blocking) must not stop the loop, every other fiber and, with the GVL
+ * held, every other thread. Sockets and pipes honour RWF_NOWAIT on a
+ * blocking fd too. Where the file cannot (a tty; a regular file whose
+ * pages are not cached, which poll(2) calls ready), the plain call runs
+ * only once poll(2) says it will not wait. -EAGAIN: not ready. */
+static ssize_t rw_nowait(int kind, int fd, void *buf, size_t len) {
+  ssize_t n = try_nowait(kind, fd, buf, len);
+  if (n != -EAGAIN || !fd_ready(fd, kind == RS_OP_READ ? POLLIN : POLLOUT)) return n;
+  for (;;) {
+    n = kind == RS_OP_READ ? read(fd, buf, len) : write(fd, buf, len);
+    if (n >= 0) return n;
+    if (errno != EINTR) return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+  }
+}
+
+static ssize_t ready_rw(int kind, int fd, void *buf, size_t len) {
+  short events = kind == RS_OP_READ ? POLLIN : POLLOUT;
+  for (;;) {
+    ssize_t n = rw_nowait(kind, fd, buf, len);
+    if (n != -EAGAIN) return n;
+    int ret = rs_io_wait_fd(fd, events, -1);
+    if (ret < 0) return ret;
+  }
 }
 
 /* Sets or clears fd's "EAGAIN last time" bit; returns its previous value.
@@ -277,10 +394,7 @@ static bool again_mark(rs_sched *s, int fd, bool on) {
 ssize_t rs_io_once(int kind, int fd, void *buf, size_t len, VALUE keep) {
   short events = kind == RS_OP_READ ? POLLIN : POLLOUT;
   rs_sched *s = native_sched();
-  if (!s) {
-    ssize_t n = kind == RS_OP_READ ? read(fd, buf, len) : write(fd, buf, len);
-    return n >= 0 ? n : -errno;
-  }
+  if (!s) return rw_nowait(kind, fd, buf, len);
   ssize_t n = try_nowait(kind, fd, buf, len);
   if (n != -EAGAIN) {
     if (fd >= 0) again_mark(s, fd, false);
@@ -288,18 +402,30 @@ ssize_t rs_io_once(int kind, int fd, void *buf, size_t len, VALUE keep) {
   }
   if (fd < 0 || !again_mark(s, fd, true) || !fd_ready(fd, events)) return n;
   again_mark(s, fd, false);
-  return native_rw(s, kind, fd, buf, len, keep);
+  return native_rw(s, kind, fd, buf, len, -1, keep);
 }
 
 ssize_t rs_io_read_keep(int fd, void *buf, size_t len, VALUE keep) {
   rs_sched *s = native_sched();
-  return s ? native_rw(s, RS_OP_READ, fd, buf, len, keep) : ready_rw(RS_OP_READ, fd, buf, len);
+  return s ? native_rw(s, RS_OP_READ, fd, buf, len, -1, keep) : ready_rw(RS_OP_READ, fd, buf, len);
 }
 
 ssize_t rs_io_write_keep(int fd, const void *buf, size_t len, VALUE keep) {
   rs_sched *s = native_sched();
   void *p = (void *)buf; /* the kernel only reads it */
-  return s ? native_rw(s, RS_OP_WRITE, fd, p, len, keep) : ready_rw(RS_OP_WRITE, fd, p, len);
+  return s ? native_rw(s, RS_OP_WRITE, fd, p, len, -1, keep) : ready_rw(RS_OP_WRITE, fd, p, len);
+}
+
+ssize_t rs_io_prw_keep(int kind, int fd, void *buf, size_t len, int64_t off, VALUE keep) {
+  rs_sched *s = native_sched();
+  if (s) return native_rw(s, kind, fd, buf, len, off, keep);
+  /* pread(2) needs a file that can seek, which is always "ready"; a pipe
+   * or socket answers ESPIPE. */
+  for (;;) {
+    ssize_t n = kind == RS_OP_READ ? pread(fd, buf, len, (off_t)off) : pwrite(fd, buf, len, (off_t)off);
+    if (n >= 0) return n;
+    if (errno != EINTR) return -errno;
+  }
 }
 
 void rs_write_all_direct(int fd, const void *buf, size_t len, bool more, const char *call) {
@@ -414,4 +540,6 @@ void rs_init_io_ops(VALUE mRingspun) {
   id_to_io = rb_intern("to_io");
   id_read_io = rb_intern("read_io");
   id_write_io = rb_intern("write_io");
+  id_readpartial = rb_intern("readpartial");
+  id_closed_p = rb_intern("closed?");
 }

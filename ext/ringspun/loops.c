@@ -49,7 +49,7 @@ static VALUE run_loop(loop_args *a, long maxlen) {
   rb_io_t *fptr;
   GetOpenFile(a->io, fptr);
   rb_io_check_readable(fptr);
-  rs_reader_init(&a->r, fptr->fd, (size_t)maxlen);
+  rs_reader_init(&a->r, rb_io_descriptor(a->io), (size_t)maxlen);
   rs_reader_set_io(&a->r, a->io); /* what Ruby buffered comes first */
   a->reader_ready = true;
   if (a->multishot) rs_reader_allow_multishot(&a->r);

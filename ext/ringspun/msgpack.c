@@ -233,7 +233,7 @@ static VALUE io_msgpack_each_native(int argc, VALUE *argv, VALUE self) {
   rb_io_check_readable(fptr);
   if (!msgpack_unpacker_init(&m.u, RS_BLOCK_SIZE)) rb_raise(rb_eNoMemError, "msgpack_each: cannot allocate");
   m.u_ready = true;
-  rs_reader_init(&m.r, fptr->fd, RS_BLOCK_SIZE);
+  rs_reader_init(&m.r, rb_io_descriptor(self), RS_BLOCK_SIZE);
   rs_reader_set_io(&m.r, self); /* what Ruby buffered comes first */
   m.reader_ready = true;
   rs_reader_allow_multishot(&m.r);

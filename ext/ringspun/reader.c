@@ -146,13 +146,12 @@ void rs_reader_set_io(rs_reader *r, VALUE io) { r->io = io; }
 
 /* Bytes Ruby buffered for the IO, copied into a block: they come first. */
 static ssize_t next_buffered(rs_reader *r, const char **data) {
-  const char *buf;
-  long n = rs_io_buffered(r->io, &buf);
-  if (n <= 0) return 0;
-  if ((size_t)n > r->chunk) n = (long)r->chunk;
+  VALUE got = rs_io_take_buffered(r->io, (long)r->chunk);
+  if (NIL_P(got)) return 0;
+  long n = RSTRING_LEN(got);
   char *dst = r->block[r->cur];
-  memcpy(dst, buf, (size_t)n);
-  rs_io_consume(r->io, n);
+  memcpy(dst, RSTRING_PTR(got), (size_t)n);
+  RB_GC_GUARD(got);
   *data = dst;
   r->cur ^= 1;
   return n;

@@ -208,10 +208,18 @@ struct rs_sched {
   /* One bit per fd: its last RWF_NOWAIT try said EAGAIN (io_ops.c). */
   uint64_t *again_bits;
   size_t again_words;
+  /* Fibers unblocked while they were not blocked: their next `block`
+   * returns at once (a wake-up may come before the wait). Keyed by fiber. */
+  st_table *unblocked;
   bool closing, closed;
+  bool in_run;          /* the loop is running (run or close) */
 };
 
 rs_sched *rs_sched_get(VALUE self);
+/* A Fiber::Scheduler duration (seconds, Numeric) in ns; ArgumentError if negative. */
+int64_t rs_duration_ns(VALUE d);
+/* The IO hooks of Ringspun::Scheduler (sched_io.c). */
+void rs_init_sched_io(VALUE cScheduler);
 /* The scheduler for the current fiber when it is a Ringspun scheduler whose
  * fiber may park (non-blocking fiber, same process); NULL otherwise. */
 rs_sched *rs_sched_current(void);
@@ -225,6 +233,10 @@ int rs_op_await(rs_sched *s, rs_op *op);
  * works: submit (and push to the kernel now), later wait for it. */
 int rs_op_start(rs_sched *s, rs_op *op);
 int rs_op_wait(rs_sched *s, rs_op *op);
+/* Parks the current fiber until the loop resumes it (one of its ops is
+ * done, or a spurious wakeup: callers re-check). Returns the rb_protect
+ * state of an exception raised into it meanwhile. */
+int rs_sched_park(rs_sched *s);
 /* rs_op_wait that, when interrupted, still waits for the kernel and then
  * returns the rb_protect state with *result set, leaving op to the caller
  * (to release, then re-raise). */
@@ -261,14 +273,21 @@ int rs_io_end_fd(VALUE obj, int side);
 /* The Ruby IO behind a primitive's argument: the IO itself, a Pipe's end,
  * a Delegator's IO; Qnil for an Integer fd, Qundef for anything else. */
 VALUE rs_io_end_io(VALUE obj, int side);
-/* Bytes Ruby already read into io's buffer (0 when none or io is not an
- * IO); a primitive moves them before it reads the fd itself. */
-long rs_io_buffered(VALUE io, const char **data);
-void rs_io_consume(VALUE io, long n);
-/* Puts bytes back in front of io's read buffer, however many. */
+/* Up to max (at most RS_TAKE_MAX) bytes Ruby already read into io's
+ * buffer, taken out of it as a binary String; nil when there are none or
+ * io is not an IO. A primitive moves them before it reads the fd itself. */
+VALUE rs_io_take_buffered(VALUE io, long max);
+#define RS_TAKE_MAX 65536L /* the most one rs_io_take_buffered returns */
+/* Puts bytes back in front of io's read buffer (before what it holds).
+ * Raises IOError when Ruby's buffer cannot take them all. */
 void rs_io_unread(VALUE io, const char *data, long n);
 /* Wait for readiness; returns revents (> 0), 0 on timeout, -errno. */
 int rs_io_wait_fd(int fd, short events, int64_t timeout_ns);
+struct pollfd;
+/* Waits until one of n fds has one of its events, or timeout_ns passes
+ * (< 0: forever); the caller polls for the details. Returns 1 when one is
+ * ready, 0 on timeout, -errno. */
+int rs_io_wait_any(struct pollfd *pfds, long n, int64_t timeout_ns);
 /* One read/write of up to len bytes, waiting for readiness as needed.
  * `keep` is the Ruby object owning buf (or Qnil when buf is C memory): the
  * kernel may write into it until the operation's completion arrives.
@@ -278,6 +297,9 @@ ssize_t rs_io_read_keep(int fd, void *buf, size_t len, VALUE keep);
  * -EAGAIN when the fd is not ready (the caller waits as it likes). */
 ssize_t rs_io_once(int kind, int fd, void *buf, size_t len, VALUE keep);
 ssize_t rs_io_write_keep(int fd, const void *buf, size_t len, VALUE keep);
+/* pread(2)/pwrite(2) at file offset off (kind RS_OP_READ or RS_OP_WRITE),
+ * through the ring where it can be: bytes moved or -errno. */
+ssize_t rs_io_prw_keep(int kind, int fd, void *buf, size_t len, int64_t off, VALUE keep);
 
 /* A read or write that may be kept in flight while the fiber works (the
  * native strategy: an SQE submitted now); elsewhere it runs at finish.

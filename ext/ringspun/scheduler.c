@@ -19,7 +19,7 @@
 #include <liburing/io_uring.h>
 
 static VALUE cScheduler, cFiber, non_blocking_kw;
-static ID id_new, id_report, id_io_uring, id_epoll, id_auto;
+static ID id_new, id_report, id_io_uring, id_epoll, id_auto, id_blocking_p, id_hook_error_p, id_report_stranded;
 
 /* Bumped in every forked child, so a scheduler notices it was inherited. */
 static volatile unsigned long fork_generation;
@@ -65,6 +65,7 @@ static void sched_mark(void *p) {
   rb_gc_mark(w->s.thread);
   rb_gc_mark(w->pending_error);
   if (w->s.fibers) st_foreach(w->s.fibers, mark_fiber_key, 0);
+  if (w->s.unblocked) st_foreach(w->s.unblocked, mark_fiber_key, 0);
   rs_op_pool_each_live(&w->s.pool, mark_op, NULL);
 }
 
@@ -81,6 +82,7 @@ static void sched_free(void *p) {
   rs_buf_pool_destroy(&w->s.bufs);
   if (w->s.block_ops) st_free_table(w->s.block_ops);
   if (w->s.fibers) st_free_table(w->s.fibers);
+  if (w->s.unblocked) st_free_table(w->s.unblocked);
   xfree(w->s.again_bits);
   xfree(w);
 }
@@ -105,6 +107,7 @@ static VALUE sched_alloc(VALUE klass) {
   w->s.loop_fiber = w->s.running = w->s.resuming = w->s.thread = Qnil;
   w->pending_error = Qnil;
   w->s.fibers = st_init_numtable();
+  w->s.unblocked = st_init_numtable();
   w->s.backend.wake_fd = -1;
   rs_op_pool_init(&w->s.pool);
   w->s.block_ops = st_init_numtable();
@@ -124,11 +127,32 @@ static sched_wrap *wrap_of(rs_sched *s) { return (sched_wrap *)s; }
 
 static long live_fibers(const rs_sched *s) { return (long)s->fibers->num_entries; }
 
+static void bind_thread(rs_sched *s);
+
 rs_sched *rs_sched_current(void) {
   VALUE cur = rb_fiber_scheduler_current();
   if (NIL_P(cur) || !rb_typeddata_is_kind_of(cur, &sched_type)) return NULL;
   rs_sched *s = rs_sched_get(cur);
-  return s->closed ? NULL : s;
+  if (s->closed) return NULL;
+  bind_thread(s);
+  return s;
+}
+
+static bool fiber_blocking_p(VALUE fiber) { return RTEST(rb_funcall(fiber, id_blocking_p, 0)); }
+
+/* A scheduler serves the thread it was installed on, which need not be the
+ * thread that made it (Fiber.set_scheduler takes any object): the first
+ * hook called on a new thread adopts it, while nothing of the old one is
+ * alive. Other threads still call `unblock`, which never binds. */
+static void bind_thread(rs_sched *s) {
+  VALUE th = rb_thread_current();
+  if (s->thread == th) return;
+  if (live_fibers(s) > 0 || s->pool.live > 0 || s->in_run)
+    rb_raise(rb_eRuntimeError, "ringspun: this scheduler is serving another thread; a scheduler serves one thread");
+  s->thread = th;
+  /* Hooks run on the thread's current fiber; a blocking one runs the loop. */
+  VALUE cur = rb_fiber_current();
+  if (fiber_blocking_p(cur)) s->loop_fiber = cur;
 }
 
 /* ---- ready list --------------------------------------------------------------- */
@@ -220,6 +244,8 @@ void rs_op_multishot(rs_op *op, int result, uint32_t cqe_flags) {
   }
   if (!(cqe_flags & IORING_CQE_F_MORE)) rs_op_kernel_done(op);
 }
+
+int rs_sched_park(rs_sched *s) { return park(s, s->loop_fiber); }
 
 void rs_op_park_news(rs_sched *s, rs_op *op) {
   while (!op->done) {
@@ -490,18 +516,54 @@ static void drain_ready(rs_sched *s) {
   }
 }
 
-static VALUE sched_run(VALUE self) {
+static int push_fiber_key(st_data_t key, st_data_t val, st_data_t ary);
+
+/* Fibers alive with nothing that could ever resume them: no operation
+ * handed out (no timer, no IO, no `block` another thread may end), none
+ * runnable. They left our hands, transferred to elsewhere; waiting for
+ * them would wait forever. They are reported and forgotten. */
+static bool forget_stranded(rs_sched *s) {
+  if (live_fibers(s) == 0 || s->ready_head || s->pool.live > 0 || s->remote_head) return false;
+  VALUE fibers = rb_ary_new_capa(live_fibers(s));
+  st_foreach(s->fibers, push_fiber_key, fibers);
+  st_clear(s->fibers);
+  rb_funcall(s->self, id_report_stranded, 1, fibers);
+  return true;
+}
+
+static VALUE loop_body(VALUE self) {
   rs_sched *s = rs_sched_get(self);
-  if (s->closed) rb_raise(rb_eIOError, "ringspun: scheduler is closed");
-  if (rb_fiber_current() != s->loop_fiber)
-    rb_raise(rb_eRuntimeError, "ringspun: Scheduler#run must be called from the fiber that created the scheduler");
   for (;;) {
     drain_ready(s);
     if (live_fibers(s) == 0 && !s->ready_head) break;
+    if (forget_stranded(s)) break;
     int ret = sched_wait(s, s->ready_head ? 0 : -1);
     if (ret < 0) rs_raise_errno(-ret, s->backend.ops->name);
     rb_thread_check_ints();
   }
+  return self;
+}
+
+static VALUE loop_done(VALUE self) {
+  rs_sched_get(self)->in_run = false;
+  return Qnil;
+}
+
+/* The loop runs on whichever blocking fiber of the scheduler's thread calls
+ * run (or close), as Fiber::Scheduler implementations do: fibers park by
+ * switching to it. Two refusals: a non-blocking fiber would park into the
+ * loop it runs, and a second run would steal the first one's fibers. */
+static VALUE sched_run(VALUE self) {
+  rs_sched *s = rs_sched_get(self);
+  if (s->closed) rb_raise(rb_eIOError, "ringspun: scheduler is closed");
+  bind_thread(s);
+  if (s->in_run) rb_raise(rb_eRuntimeError, "ringspun: the scheduler's loop is already running");
+  VALUE cur = rb_fiber_current();
+  if (!fiber_blocking_p(cur))
+    rb_raise(rb_eRuntimeError, "ringspun: Scheduler#run must be called from a blocking fiber, not one it schedules");
+  s->loop_fiber = cur;
+  s->in_run = true;
+  rb_ensure(loop_body, self, loop_done, self);
   return self;
 }
 
@@ -521,12 +583,18 @@ static void drain_inflight(rs_sched *s) {
   rs_work_pool_stop(s); /* after its jobs are done: nothing left for them to wake */
 }
 
+static ID id_blocking_pool_iv, id_close;
+
 static VALUE sched_teardown(VALUE self) {
   rs_sched *s = rs_sched_get(self);
   if (s->closed) return Qnil;
   s->closed = true;
   drain_inflight(s);
   backend_destroy(s);
+  st_clear(s->unblocked);
+  /* The Ruby threads that ran blocking_operation_wait's work (scheduler.rb). */
+  VALUE pool = rb_attr_get(self, id_blocking_pool_iv);
+  if (!NIL_P(pool)) rb_funcall(pool, id_close, 0);
   return Qnil;
 }
 
@@ -581,7 +649,8 @@ static VALUE sched_abandon(VALUE self) {
 static VALUE sched_close(VALUE self) {
   rs_sched *s = rs_sched_get(self);
   if (s->closed) return Qnil;
-  if (rb_fiber_current() != s->loop_fiber || s->closing) return sched_teardown(self);
+  /* Inside the running loop, or from a fiber it schedules: nothing to run. */
+  if (s->closing || s->in_run || !fiber_blocking_p(rb_fiber_current())) return sched_teardown(self);
   s->closing = true;
   rb_ensure(sched_run, self, sched_teardown, self);
   return Qnil;
@@ -611,6 +680,7 @@ static void after_fork_child(sched_wrap *w) {
   rs_op_pool_destroy(&s->pool);
   rs_op_pool_init(&s->pool);
   st_clear(s->block_ops);
+  st_clear(s->unblocked);
   s->ready_head = s->ready_tail = NULL;
   s->inflight = 0;
   rs_work_pool_forget(s);
@@ -689,6 +759,16 @@ static VALUE report_error(VALUE a) {
   return rb_funcall(RARRAY_AREF(a, 0), id_report, 2, RARRAY_AREF(a, 1), RARRAY_AREF(a, 2));
 }
 
+static VALUE ask_hook_error(VALUE a) { return rb_funcall(RARRAY_AREF(a, 0), id_hook_error_p, 1, RARRAY_AREF(a, 1)); }
+
+/* scheduler.rb decides; a failure to decide counts as no. */
+static bool hook_error_p(VALUE self, VALUE err) {
+  int state = 0;
+  VALUE r = rb_protect(ask_hook_error, rb_assoc_new(self, err), &state);
+  if (state) rb_set_errinfo(Qnil);
+  return !state && RTEST(r);
+}
+
 static VALUE fiber_body(RB_BLOCK_CALL_FUNC_ARGLIST(yielded, data)) {
   VALUE self = RARRAY_AREF(data, 0);
   rs_sched *s = rs_sched_get(self);
@@ -698,13 +778,15 @@ static VALUE fiber_body(RB_BLOCK_CALL_FUNC_ARGLIST(yielded, data)) {
   VALUE result = rb_protect(call_proc, RARRAY_AREF(data, 1), &state);
   st_data_t key = (st_data_t)rb_fiber_current();
   st_delete(s->fibers, &key, NULL);
+  key = (st_data_t)rb_fiber_current();
+  st_delete(s->unblocked, &key, NULL);
   if (!state) return result;
   VALUE err = rb_errinfo();
   if (state == 6 && rb_obj_is_kind_of(err, eRunAborted)) {
     rb_set_errinfo(Qnil); /* unwound on purpose by sched_abandon */
     return Qnil;
   }
-  if (state == 6 /* TAG_RAISE */ && rb_obj_is_kind_of(err, rb_eStandardError)) {
+  if (state == 6 /* TAG_RAISE */ && rb_obj_is_kind_of(err, rb_eStandardError) && !hook_error_p(self, err)) {
     /* Like a Thread with report_on_exception: say so and let the others run. */
     rb_set_errinfo(Qnil);
     int ignored = 0;
@@ -713,7 +795,10 @@ static VALUE fiber_body(RB_BLOCK_CALL_FUNC_ARGLIST(yielded, data)) {
     return Qnil;
   }
   if (state == 6) {
-    /* SystemExit, Interrupt and friends end the whole run. */
+    /* SystemExit, Interrupt and friends end the whole run, and so does an
+     * error raised by a hook the application overrode: it is the
+     * scheduler's, not the fiber's, and must reach whoever waits on the
+     * thread (as with Ruby's reference scheduler). */
     rb_set_errinfo(Qnil);
     wrap_of(s)->pending_error = err;
     return Qnil;
@@ -754,7 +839,7 @@ static VALUE sched_fiber(int argc, VALUE *argv, VALUE self) {
 
 /* ---- hooks: time ---------------------------------------------------------------------------- */
 
-static int64_t duration_ns(VALUE d) {
+int64_t rs_duration_ns(VALUE d) {
   double secs = NUM2DBL(d);
   if (secs < 0) rb_raise(rb_eArgError, "time interval must not be negative");
   if (secs > 1e9) secs = 1e9;
@@ -766,7 +851,7 @@ static int64_t duration_ns(VALUE d) {
 static VALUE wait_blocked(rs_sched *s, VALUE timeout) {
   check_parkable(s);
   rs_op *op = rs_op_new(s, NIL_P(timeout) ? RS_OP_READY : RS_OP_TIMER);
-  if (!NIL_P(timeout)) op->timeout_ns = duration_ns(timeout);
+  if (!NIL_P(timeout)) op->timeout_ns = rs_duration_ns(timeout);
   VALUE me = rb_fiber_current();
   st_insert(s->block_ops, (st_data_t)me, (st_data_t)op);
   int ret = rs_op_await(s, op);
@@ -785,16 +870,26 @@ static VALUE sched_kernel_sleep(int argc, VALUE *argv, VALUE self) {
 static VALUE sched_block(int argc, VALUE *argv, VALUE self) {
   rs_sched *s = rs_sched_get(self);
   rb_check_arity(argc, 1, 2);
+  /* Unblocked before it got here: the wake-up is not lost. */
+  st_data_t key = (st_data_t)rb_fiber_current();
+  if (st_delete(s->unblocked, &key, NULL)) return Qtrue;
   return wait_blocked(s, argc > 1 ? argv[1] : Qnil);
 }
 
 static VALUE sched_unblock(VALUE self, VALUE blocker, VALUE fiber) {
   rs_sched *s = rs_sched_get(self);
   st_data_t v;
-  if (!s->closed && st_lookup(s->block_ops, (st_data_t)fiber, &v)) {
+  if (s->closed) return Qnil;
+  if (st_lookup(s->block_ops, (st_data_t)fiber, &v)) {
     /* Only marks and queues; the owner thread cancels any kernel timer. */
     op_finish(s, (rs_op *)v, 0);
     if (rb_thread_current() != s->thread) s->backend.ops->wakeup(&s->backend);
+  } else if (RTEST(rb_fiber_alive_p(fiber))) {
+    /* Not blocked yet: a thread may signal a Queue or ConditionVariable
+     * after the fiber queued itself there and before it calls `block`.
+     * Its next `block` returns at once; a wake-up too many is harmless,
+     * the callers re-check their condition. */
+    st_insert(s->unblocked, (st_data_t)fiber, 0);
   }
   return Qnil;
 }
@@ -818,7 +913,7 @@ static VALUE sched_timeout_after(VALUE self, VALUE duration, VALUE klass, VALUE 
   rb_need_block();
   check_parkable(s);
   rs_op *op = rs_op_new(s, RS_OP_TIMER);
-  op->timeout_ns = duration_ns(duration);
+  op->timeout_ns = rs_duration_ns(duration);
   op->action = RS_ACT_RAISE;
   op->fiber = rb_fiber_current();
   op->raise_class = klass;
@@ -833,64 +928,98 @@ static VALUE sched_timeout_after(VALUE self, VALUE duration, VALUE klass, VALUE 
   return rb_ensure(timeout_body, (VALUE)&a, timeout_ensure, (VALUE)&a);
 }
 
-/* ---- hooks: IO ---------------------------------------------------------------------------- */
+/* ---- hooks: Ruby 3.4 and 4.0 ---------------------------------------------------------------
+ * Each is defined on every Ruby (a Ruby that does not know a hook never
+ * calls it), so that 4.0's contracts can be tested by calling them directly
+ * on an older Ruby. */
 
-static VALUE sched_io_wait(VALUE self, VALUE io, VALUE events, VALUE timeout) {
+/* fiber_interrupt(fiber, exception), Ruby 4.0: IO#close wakes the fibers
+ * waiting on that IO with an IOError. Like unblock it may come from any
+ * thread: it only queues a raise, which the owner's loop delivers where
+ * the fiber waits; that wait's operation is then cancelled as for any
+ * exception (Timeout, Fiber#raise) and nothing is left behind. */
+static VALUE sched_fiber_interrupt(VALUE self, VALUE fiber, VALUE exception) {
   rs_sched *s = rs_sched_get(self);
+  if (!rb_obj_is_kind_of(exception, rb_eException))
+    rb_raise(rb_eTypeError, "exception object expected, got %" PRIsVALUE, rb_obj_class(exception));
+  if (s->closed || !RTEST(rb_fiber_alive_p(fiber))) return Qnil;
+  if (fiber == rb_fiber_current()) rb_exc_raise(exception);
+  rs_op *op = rs_op_new(s, RS_OP_READY);
+  op->fiber = fiber;
+  op->action = RS_ACT_RAISE;
+  op->raise_class = exception; /* an exception object, raised as it is */
+  op->raise_message = Qnil;
+  op->waiting = 1;
+  op->done = 1;
+  op->detached = 1; /* nobody releases it: the loop frees it once delivered */
+  rs_sched_ready_push(s, op);
+  if (rb_thread_current() != s->thread) s->backend.ops->wakeup(&s->backend);
+  return Qnil;
+}
+
+typedef struct fd_cancel {
+  rs_sched *s;
+  int fd;
+  long n;
+} fd_cancel;
+
+static void cancel_on_fd(rs_op *op, void *arg) {
+  fd_cancel *c = arg;
+  if (op->kind == RS_OP_TIMER || op->kind == RS_OP_READY || op->kind == RS_OP_WORK) return;
+  if (op->fd != c->fd && !(op->kind == RS_OP_SPLICE && op->fd_out == c->fd)) return;
+  if (!(op->kernel_refs || op->in_backend)) return;
+  rs_op_cancel(c->s, op);
+  c->n++;
+}
+
+/* io_close(fd), Ruby 4.0: called by IO#close once the fibers waiting on
+ * it were interrupted. Anything still in flight on fd is cancelled (its
+ * waiter sees ECANCELED), then fd is closed: a scheduler that answers
+ * io_close closes the descriptor itself (Ruby then does not). */
+static VALUE sched_io_close(VALUE self, VALUE fd) {
+  rs_sched *s = rs_sched_get(self);
+  if (!RB_INTEGER_TYPE_P(fd)) rb_raise(rb_eTypeError, "io_close takes a file descriptor (Integer), got %" PRIsVALUE, rb_obj_class(fd));
+  fd_cancel c = {s, NUM2INT(fd), 0};
+  if (!s->closed) rs_op_pool_each_live(&s->pool, cancel_on_fd, &c);
+  if (s->backend.ops->flush && !s->closed) s->backend.ops->flush(&s->backend);
+  if (close(c.fd) < 0 && errno != EINTR) rs_raise_errno(errno, "io_close");
+  return Qtrue;
+}
+
+/* yield, Ruby 4.0: the fiber gives way to every fiber runnable now and
+ * continues after them. From the loop's own fiber there is nobody to give
+ * way to. */
+static VALUE sched_yield_hook(VALUE self) {
+  rs_sched *s = rs_sched_get(self);
+  if (s->closed || fiber_blocking_p(rb_fiber_current())) return Qnil;
   check_parkable(s);
-  int fd = rs_io_fd(io);
-  int ev = NUM2INT(events) & (POLLIN | POLLPRI | POLLOUT);
-  int64_t t = NIL_P(timeout) ? -1 : duration_ns(timeout);
-  int ret = rs_io_wait_fd(fd, (short)ev, t);
-  if (ret == 0) return Qfalse;
-  if (ret < 0) rs_raise_errno(-ret, "io_wait");
-  /* An error or hangup makes every requested direction "ready": the next
-   * system call reports what happened. (io_uring adds POLLRDHUP to every
-   * poll: a POLLOUT wait may end with only that bit.) */
-  if (ret & (POLLERR | POLLHUP | POLLNVAL | POLLRDHUP)) return INT2NUM(ev);
-  return INT2NUM(ret & ev);
+  rs_op *op = rs_op_new(s, RS_OP_READY);
+  op->fiber = rb_fiber_current();
+  op->waiting = 1;
+  op->done = 1;
+  rs_sched_ready_push(s, op);
+  int state = park(s, s->loop_fiber);
+  rs_op_release(s, op);
+  if (state) rb_jump_tag(state);
+  return Qnil;
 }
 
-static VALUE sched_io_read(VALUE self, VALUE io, VALUE buffer, VALUE length) {
-  rs_sched_get(self);
-  int fd = rs_io_fd(io);
-  void *base;
-  size_t size;
-  rb_io_buffer_get_bytes_for_writing(buffer, &base, &size);
-  size_t want = NUM2SIZET(length), off = 0;
-  /* Length 0 (how Ruby 3.1 reads): one attempt; -EAGAIN makes Ruby call
-   * io_wait, or return :wait_readable from read_nonblock. */
-  if (want == 0) {
-    ssize_t n = rs_io_once(RS_OP_READ, fd, base, size, buffer);
-    return n < 0 ? INT2NUM((int)n) : SSIZET2NUM(n);
-  }
-  do {
-    ssize_t n = rs_io_read_keep(fd, (char *)base + off, size - off, buffer);
-    if (n < 0) return off ? SIZET2NUM(off) : INT2NUM((int)n);
-    if (n == 0) break;
-    off += (size_t)n;
-  } while (off < want && off < size);
-  return SIZET2NUM(off);
+#ifdef HAVE_RB_FIBER_SCHEDULER_BLOCKING_OPERATION_EXTRACT
+/* blocking_operation_wait(work), Ruby 4.0: the work's C function runs on
+ * the scheduler's own worker threads (work.c); the fiber parks meanwhile. */
+static int execute_blocking(void *op) {
+  return rb_fiber_scheduler_blocking_operation_execute((rb_fiber_scheduler_blocking_operation_t *)op);
 }
 
-static VALUE sched_io_write(VALUE self, VALUE io, VALUE buffer, VALUE length) {
+static VALUE sched_blocking_operation_wait(VALUE self, VALUE work) {
   rs_sched_get(self);
-  int fd = rs_io_fd(io);
-  const void *base;
-  size_t size;
-  rb_io_buffer_get_bytes_for_reading(buffer, &base, &size);
-  size_t want = NUM2SIZET(length), off = 0;
-  if (want == 0) {
-    ssize_t n = rs_io_once(RS_OP_WRITE, fd, (void *)base, size, buffer);
-    return n < 0 ? INT2NUM((int)n) : SSIZET2NUM(n);
-  }
-  do {
-    ssize_t n = rs_io_write_keep(fd, (const char *)base + off, size - off, buffer);
-    if (n < 0) return off ? SIZET2NUM(off) : INT2NUM((int)n);
-    off += (size_t)n;
-  } while (off < want && off < size);
-  return SIZET2NUM(off);
+  rb_fiber_scheduler_blocking_operation_t *op = rb_fiber_scheduler_blocking_operation_extract(work);
+  if (!op) rb_raise(rb_eArgError, "blocking_operation_wait: not a blocking operation");
+  rs_run_work(execute_blocking, op);
+  RB_GC_GUARD(work);
+  return Qnil;
 }
+#endif
 
 /* ---- hooks: processes ------------------------------------------------------------------------ */
 
@@ -946,6 +1075,11 @@ void rs_init_scheduler(VALUE mRingspun) {
   id_io_uring = rb_intern("io_uring");
   id_epoll = rb_intern("epoll");
   id_auto = rb_intern("auto");
+  id_blocking_p = rb_intern("blocking?");
+  id_hook_error_p = rb_intern("hook_error?");
+  id_report_stranded = rb_intern("report_stranded");
+  id_blocking_pool_iv = rb_intern("@blocking_pool");
+  id_close = rb_intern("close");
 
   cFiber = rb_path2class("Fiber");
   /* {blocking: false}, made once. Ruby still hands Fiber.new a copy, so a
@@ -969,13 +1103,23 @@ void rs_init_scheduler(VALUE mRingspun) {
   rb_define_method(cScheduler, "block", sched_block, -1);
   rb_define_method(cScheduler, "unblock", sched_unblock, 2);
   rb_define_method(cScheduler, "timeout_after", sched_timeout_after, 3);
-  rb_define_method(cScheduler, "io_wait", sched_io_wait, 3);
-  rb_define_method(cScheduler, "io_read", sched_io_read, 3);
-  rb_define_method(cScheduler, "io_write", sched_io_write, 3);
   rb_define_method(cScheduler, "pending_operations", sched_pending_operations, 0);
   rb_define_method(cScheduler, "inflight_operations", sched_inflight, 0);
   rb_define_method(cScheduler, "fiber_count", sched_fiber_count, 0);
   rb_define_method(cScheduler, "features", sched_features, 0);
   rb_define_private_method(cScheduler, "wait_pidfd", sched_wait_pidfd, 1);
   rb_define_private_method(cScheduler, "after_fork", sched_after_fork, 0);
+  rb_define_method(cScheduler, "fiber_interrupt", sched_fiber_interrupt, 2);
+  rb_define_method(cScheduler, "io_close", sched_io_close, 1);
+  rb_define_method(cScheduler, "yield", sched_yield_hook, 0);
+#ifdef HAVE_RB_FIBER_SCHEDULER_BLOCKING_OPERATION_EXTRACT
+  rb_define_method(cScheduler, "blocking_operation_wait", sched_blocking_operation_wait, 1);
+  rb_define_const(cScheduler, "BLOCKING_OPERATION_WAIT", ID2SYM(rb_intern("native")));
+#elif defined(HAVE_RB_FIBER_SCHEDULER_BLOCKING_OPERATION_WAIT)
+  /* This Ruby hands over a Proc that must run on a Ruby thread: scheduler.rb. */
+  rb_define_const(cScheduler, "BLOCKING_OPERATION_WAIT", ID2SYM(rb_intern("ruby_threads")));
+#else
+  rb_define_const(cScheduler, "BLOCKING_OPERATION_WAIT", Qnil); /* never called */
+#endif
+  rs_init_sched_io(cScheduler);
 }

@@ -158,13 +158,16 @@ static long check_len(VALUE maxlen) {
  * written to out first. Returns how many. */
 int64_t rs_move_buffered(VALUE src, int out, size_t max, const char *call) {
   VALUE io = rs_io_end_io(src, RS_SIDE_READ);
-  const char *data;
-  long n = io == Qundef ? 0 : rs_io_buffered(io, &data);
-  if (n <= 0) return 0;
-  if ((size_t)n > max) n = (long)max;
-  rs_write_all_direct(out, data, (size_t)n, false, call);
-  rs_io_consume(io, n);
-  return n;
+  if (io == Qundef) return 0;
+  int64_t total = 0;
+  VALUE got;
+  while ((size_t)total < max &&
+         !NIL_P(got = rs_io_take_buffered(io, max - (size_t)total > RS_TAKE_MAX ? RS_TAKE_MAX : (long)(max - (size_t)total)))) {
+    rs_write_all_direct(out, RSTRING_PTR(got), (size_t)RSTRING_LEN(got), false, call);
+    total += RSTRING_LEN(got);
+    RB_GC_GUARD(got);
+  }
+  return total;
 }
 
 /* ---- IO.splice / IO.tee ---------------------------------------------------------------- */

@@ -1,8 +1,12 @@
 # frozen_string_literal: true
 
+require "etc"
+
 module Ringspun
-  # A Ruby 3.1 Fiber::Scheduler on io_uring, or on epoll where io_uring cannot
-  # be set up. The hooks are implemented in C; the few here stand on them.
+  # A Fiber::Scheduler on io_uring, or on epoll where io_uring cannot be set
+  # up, for every Ruby from 3.1 on: the extension is compiled with the hooks
+  # the running Ruby calls (see the README's "Supported Rubies"). The hooks
+  # are implemented in C; the few here stand on them.
   #
   # @!method initialize(backend: :auto)
   #   @param backend [Symbol] :auto tries io_uring and falls back to epoll on
@@ -13,9 +17,14 @@ module Ringspun
   # @!method backend
   #   @return [Symbol] :io_uring or :epoll
   # @!method run
-  #   Runs the event loop until every fiber started here has finished. Call
-  #   it from the fiber that created the scheduler (Ringspun.run does).
+  #   Runs the event loop until every fiber started here has finished, on
+  #   the calling fiber, which must be a blocking one of the scheduler's
+  #   thread (Ringspun.run calls it from the thread's root fiber). Fibers
+  #   that left the scheduler's hands (transferred elsewhere, with nothing
+  #   in flight) are reported with {#report_stranded} and not waited for.
   #   @return [Scheduler] self
+  #   @raise [RuntimeError] from a fiber this scheduler runs, or while the
+  #     loop already runs
   # @!method close
   #   Runs the remaining fibers, then releases the ring or epoll instance.
   #   Fiber.set_scheduler calls it.
@@ -44,10 +53,38 @@ module Ringspun
   #   Fiber::Scheduler hook: raises in the fiber if the block outlives duration.
   # @!method io_wait(io, events, timeout)
   #   Fiber::Scheduler hook; @return [Integer, false]
-  # @!method io_read(io, buffer, length)
-  #   Fiber::Scheduler hook (IO::Buffer, Ruby 3.1 signature).
-  # @!method io_write(io, buffer, length)
-  #   Fiber::Scheduler hook (IO::Buffer, Ruby 3.1 signature).
+  # @!method io_read(io, buffer, length, offset = 0)
+  #   Fiber::Scheduler hook: reads at least +length+ bytes (one attempt when
+  #   0) into +buffer+ (an IO::Buffer) from +offset+. Ruby 3.1 passes no
+  #   offset; 3.2+ do.
+  #   @return [Integer] bytes read, or -errno
+  # @!method io_write(io, buffer, length, offset = 0)
+  #   Fiber::Scheduler hook: writes at least +length+ bytes from +buffer+.
+  #   @return [Integer] bytes written, or -errno
+  # @!method io_pread(io, buffer, from, length, offset)
+  #   Fiber::Scheduler hook (Ruby 3.3+): IO#pread at file offset +from+.
+  #   @return [Integer] bytes read, or -errno
+  # @!method io_pwrite(io, buffer, from, length, offset)
+  #   Fiber::Scheduler hook (Ruby 3.3+): IO#pwrite at file offset +from+.
+  #   @return [Integer] bytes written, or -errno
+  # @!method io_select(readables, writables = nil, exceptables = nil, timeout = nil)
+  #   Fiber::Scheduler hook (Ruby 3.3+): IO.select inside a fiber, which
+  #   parks on one poll operation per IO instead of blocking the loop.
+  #   @return [Array(Array, Array, Array), nil] as IO.select
+  # @!method fiber_interrupt(fiber, exception)
+  #   Fiber::Scheduler hook (Ruby 4.0; callable on any Ruby): raises
+  #   +exception+ in +fiber+ where it waits, cancelling its operation. Safe
+  #   from any thread.
+  #   @return [nil]
+  # @!method io_close(fd)
+  #   Fiber::Scheduler hook (Ruby 4.0): cancels what is in flight on +fd+,
+  #   then closes it.
+  #   @param fd [Integer]
+  #   @return [true]
+  # @!method yield
+  #   Fiber::Scheduler hook (Ruby 4.0): lets every fiber runnable now run
+  #   before the current one continues.
+  #   @return [nil]
   # @!method fiber(&block)
   #   Fiber::Scheduler hook: starts a non-blocking fiber at once.
   #   @return [Fiber]
@@ -91,6 +128,125 @@ module Ringspun
     # @return [void]
     def report_fiber_error(fiber, error)
       warn("#{fiber.inspect} terminated with exception:\n#{error.full_message(highlight: false)}")
+    end
+
+    # Called when the loop finds fibers it can never resume: alive, with no
+    # operation in flight, none runnable (they transferred elsewhere). The
+    # loop forgets them and ends instead of waiting forever.
+    #
+    # @param fibers [Array<Fiber>]
+    # @return [void]
+    def report_stranded(fibers)
+      warn("ringspun: #{fibers.size} fiber(s) left the scheduler (transferred away with nothing " \
+           "in flight); not waiting for them: #{fibers.map(&:inspect).join(', ')}")
+    end
+
+    # The hooks Ruby calls on a scheduler.
+    HOOKS = %i[kernel_sleep block unblock io_wait io_read io_write io_pread io_pwrite io_select
+               timeout_after process_wait address_resolve fiber blocking_operation_wait
+               fiber_interrupt io_close yield close].freeze
+    private_constant :HOOKS
+
+    # Called when a StandardError ends a fiber. An error raised by a hook that
+    # the application overrode (in a subclass or on the object) belongs to the
+    # scheduler, not to the fiber: it must reach whoever waits on the thread,
+    # as with any scheduler, where errors in the fibers' own code are reported
+    # and the others run on (#report_fiber_error).
+    #
+    # @param error [StandardError]
+    # @return [Boolean]
+    def hook_error?(error)
+      where = error.backtrace_locations&.first or return false
+      name = where.base_label&.to_sym
+      return false unless HOOKS.include?(name)
+
+      defined_at = method(name).source_location
+      !defined_at.nil? && defined_at.first == where.path
+    rescue NameError
+      false
+    end
+
+    if BLOCKING_OPERATION_WAIT == :ruby_threads
+      # Fiber::Scheduler hook (Ruby 3.4): work that Ruby would run with the
+      # GVL released (a large Zlib or IO::Buffer operation) runs on one of
+      # this scheduler's worker threads, so the loop serves other fibers
+      # meanwhile. This Ruby hands over a Proc, which only a Ruby thread can
+      # run; Ruby 4.0 hands over a handle our C worker threads run. With no
+      # other fiber to serve, the work runs here, saving the hand-over.
+      #
+      # @param work [Proc]
+      # @return [nil]
+      def blocking_operation_wait(work)
+        # Fiber.blocking: inside it Ruby sees no scheduler, so the work runs
+        # the blocking call instead of coming back here.
+        return Fiber.blocking { work.call } if fiber_count <= 1
+
+        (@blocking_pool ||= BlockingPool.new).call(work)
+      end
+    end
+  end
+
+  # Ruby threads that run the work of Scheduler#blocking_operation_wait on
+  # Ruby 3.4, started as needed up to the number of cores and stopped when
+  # the scheduler closes.
+  class BlockingPool
+    def initialize(size = Etc.nprocessors.clamp(1, 8))
+      @size = size
+      @jobs = Thread::Queue.new
+      @threads = []
+    end
+
+    # Runs work on a pool thread; the calling fiber parks until it is done.
+    # The work writes into the caller's stack frame, so an exception raised
+    # into the waiting fiber (a Timeout) waits for the work before it goes on.
+    #
+    # @param work [Proc]
+    # @return [Object] the work's value
+    def call(work)
+      done = Thread::Queue.new
+      @threads << Thread.new { serve } if @threads.size < @size && @jobs.num_waiting.zero?
+      @jobs << [work, done]
+      outcome = wait_for(done)
+      raise outcome[1] if outcome[0] == :error
+
+      outcome[1]
+    end
+
+    # Stops the threads once they are idle.
+    #
+    # @return [nil]
+    def close
+      @jobs.close
+      Fiber.blocking { @threads.each(&:join) }
+      @threads.clear
+      nil
+    end
+
+    private
+
+    def serve
+      Thread.current.name = "ringspun-blocking"
+      while (job = @jobs.pop)
+        work, done = job
+        begin
+          done << [:ok, work.call]
+        rescue Exception => e # rubocop:disable Lint/RescueException -- handed to the waiting fiber
+          done << [:error, e]
+        end
+      end
+    end
+
+    def wait_for(done)
+      interrupted = nil
+      begin
+        outcome = done.pop
+      rescue Exception => e # rubocop:disable Lint/RescueException -- re-raised once the work is done
+        interrupted ||= e
+        retry
+      end
+      raise interrupted if interrupted
+
+      outcome
     end
   end
 end
