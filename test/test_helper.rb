@@ -115,10 +115,13 @@ module RingspunTest
   # Ruby 3.1 keeps the native thread of a finished Ruby thread in a cache,
   # to be reused, for up to 3 seconds (THREAD_CACHE_TIME in
   # thread_pthread.c): such a task is no leak, and waiting 3 s after every
-  # test that used a thread would make the suite crawl. So a task counts
-  # unless it once ran a Ruby thread that has since finished: live Ruby
-  # threads count, and so does every task Ruby knows nothing about (io-wq
-  # workers of an io_uring, a thread started from C).
+  # test that used a thread would make the suite crawl. Ruby 3.3 and later
+  # have no such cache (the native thread ends right after its Ruby thread,
+  # nt_start in 3.4's thread_pthread.c), but it still ends a moment later,
+  # which the same rule covers. So a task counts unless it once ran a Ruby
+  # thread that has since finished: live Ruby threads count, and so does
+  # every task Ruby knows nothing about (io-wq workers of an io_uring, a
+  # thread started from C).
   RUBY_TIDS = {} # native thread ids that have run a Ruby thread
   TracePoint.new(:thread_begin) { RUBY_TIDS[Thread.current.native_thread_id] = true }.enable
 
@@ -217,8 +220,9 @@ module RingspunTest
     end
   end
 
-  # Ruby creates its timer thread (and its fds) with the first Thread, and the
-  # watchdog is a thread of its own: both exist before any test counts.
+  # Ruby 3.1 creates its timer thread (and its fds) with the first Thread
+  # (3.3 and later at start-up), and the watchdog is a thread of its own:
+  # both exist before any test counts.
   Thread.new {}.join
   Watchdog.start
 
