@@ -303,6 +303,12 @@ module RubyFiberTests
         results["#{File.basename(file)} (file)"] = Result.new(hung ? "hung" : "error", "#{reason}: #{tail}")
       end
       { results: results, again: again }
+    ensure
+      # This process failing midway must not leave the child running.
+      if pid && status.nil?
+        Process.kill(:KILL, -pid) rescue nil
+        Process.wait(pid) rescue nil
+      end
     end
 
     # The complete lines in pending (removed from it) as [kind, name, *fields].
