@@ -5,7 +5,7 @@
 # reference scheduler, and with the reference itself as the baseline. `rake
 # test:fiber` runs it on each Ruby with that Ruby's own tests.
 #
-#   ruby test/ruby_fiber/run.rb --tests DIR [--modes reference,io_uring,epoll]
+#   ruby test/ruby_fiber/run.rb --tests DIR [--modes reference,io_uring,epoll]   (or RINGSPUN_FIBER_MODES)
 #        [--exclude 'TestClass#test_name=reason']... [--timeout SECONDS]
 #        [--only REGEXP] [--log-dir DIR]
 #
@@ -138,7 +138,7 @@ module RubyFiberTests
 
   class Parent
     def initialize(argv)
-      @modes = %w[reference io_uring epoll]
+      @modes = ENV.fetch("RINGSPUN_FIBER_MODES", "reference,io_uring,epoll").split(",")
       @excluded = {}
       @timeout = Float(ENV.fetch("RINGSPUN_FIBER_TEST_TIMEOUT", "30"))
       @only = ENV["RINGSPUN_FIBER_ONLY"]
