@@ -177,6 +177,8 @@ module MsgpackAssertions
         strict_walk(wk, gk, "#{path} key #{i}")
         strict_walk(wv, gv, "#{path}[#{wk.inspect[0, 40]}]")
       end
+    when nil
+      assert_nil got, path # minitest 6 refuses assert_same(nil, ...)
     else
       assert_same want, got, path
     end

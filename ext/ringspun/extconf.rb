@@ -78,6 +78,10 @@ have_func("epoll_pwait2", "sys/epoll.h")
    rb_fiber_scheduler_blocking_operation_extract rb_fiber_scheduler_fiber_interrupt].each do |func|
   have_func(func, "ruby/fiber/scheduler.h")
 end
+# Exported by libruby since 1.9 but declared in no public header (the ffi gem declares it
+# too): sched_io.c needs it to survive Ruby 3.4's IO#pwrite, which calls io_pwrite
+# without the GVL.
+have_func("ruby_thread_has_gvl_p")
 
 # --- compiler flags ------------------------------------------------------------------
 # Added after the checks above so that a sanitizer or -O0 never changes what they find.

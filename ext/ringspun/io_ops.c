@@ -15,7 +15,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
-static ID id_for_fd, id_autoclose, id_to_io, id_read_io, id_write_io, id_readpartial, id_closed_p;
+static ID id_for_fd, id_autoclose, id_to_io, id_read_io, id_write_io, id_readpartial, id_closed_p, id_read;
 
 static VALUE unget_bytes(VALUE p) {
   VALUE *args = (VALUE *)p;
@@ -129,11 +129,15 @@ static VALUE wait_any_park(VALUE p) {
   }
 }
 
-/* Poll operations hold no Ruby memory: releasing cancels them, and their
- * completions free them later. */
+/* The polls still in flight are cancelled and waited for, so none
+ * outlives the wait (as for any interrupted operation). */
 static VALUE wait_any_release(VALUE p) {
   wait_any *w = (wait_any *)p;
-  for (long i = 0; i < w->n; i++) rs_op_release(w->s, w->ops[i]);
+  for (long i = 0; i < w->n; i++) rs_op_cancel(w->s, w->ops[i]);
+  for (long i = 0; i < w->n; i++) {
+    rs_op_drain(w->s, w->ops[i]);
+    rs_op_release(w->s, w->ops[i]);
+  }
   w->n = 0;
   return Qnil;
 }
@@ -257,6 +261,25 @@ static VALUE take_all_buffered(VALUE io) {
   return all;
 }
 
+static bool try_unget(VALUE io, VALUE bytes) {
+  int state = 0;
+  VALUE args[2] = {io, bytes};
+  rb_protect(unget_bytes, (VALUE)args, &state);
+  if (state) rb_set_errinfo(Qnil);
+  return state == 0;
+}
+
+/* Room asked for when Ruby's read buffer is first made by a give-back. */
+#define RS_UNREAD_ROOM (256L * 1024)
+
+VALUE rs_bytes_prepend(VALUE acc, const char *data, long n) {
+  if (n <= 0) return acc;
+  VALUE s = rb_str_buf_new(n + (NIL_P(acc) ? 0 : RSTRING_LEN(acc)));
+  rb_str_buf_cat(s, data, n);
+  if (!NIL_P(acc)) rb_str_buf_append(s, acc);
+  return s;
+}
+
 void rs_io_unread(VALUE io, const char *data, long n) {
   if (n <= 0 || !open_fptr(io) || RTEST(rb_funcall(io, id_closed_p, 0))) return;
   /* Ours come first, then what Ruby still holds; one ungetbyte puts both
@@ -264,15 +287,28 @@ void rs_io_unread(VALUE io, const char *data, long n) {
   VALUE back = rb_str_new(data, n);
   VALUE rest = take_all_buffered(io);
   if (!NIL_P(rest)) rb_str_buf_append(back, rest);
-  int state = 0;
-  VALUE args[2] = {io, back};
-  rb_protect(unget_bytes, (VALUE)args, &state);
-  if (state)
+  long len = RSTRING_LEN(back);
+  /* IO#ungetbyte takes bytes back only up to the capacity of Ruby's read
+   * buffer, which Ruby fixes when it first makes the buffer: to 8 KiB on a
+   * buffered read, or to the size of the first ungetbyte. So a give-back
+   * asks for room to spare (padding in front, read out again at once), and
+   * later ones fit in that room; where a buffer made smaller is already
+   * there, the bytes alone may still fit. */
+  long room = len > RS_UNREAD_ROOM / 2 ? 2 * len : RS_UNREAD_ROOM;
+  VALUE padded = rb_str_buf_new(room);
+  rb_str_resize(padded, room - len);
+  memset(RSTRING_PTR(padded), 0, (size_t)(room - len));
+  rb_str_buf_append(padded, back);
+  if (try_unget(io, padded)) {
+    rb_funcall(io, id_read, 1, LONG2NUM(room - len));
+  } else if (!try_unget(io, back)) {
     rb_raise(rb_eIOError,
              "ringspun: %ld bytes read ahead do not fit back into %" PRIsVALUE "'s read buffer "
-             "(IO#ungetbyte refused them; Ruby's buffer cannot grow once it holds data)",
-             RSTRING_LEN(back), rb_obj_class(io));
+             "(IO#ungetbyte refused them: Ruby fixed its capacity when it first buffered a read)",
+             len, rb_obj_class(io));
+  }
   RB_GC_GUARD(back);
+  RB_GC_GUARD(padded);
 }
 
 int rs_io_end_fd(VALUE obj, int side) {
@@ -542,4 +578,5 @@ void rs_init_io_ops(VALUE mRingspun) {
   id_write_io = rb_intern("write_io");
   id_readpartial = rb_intern("readpartial");
   id_closed_p = rb_intern("closed?");
+  id_read = rb_intern("read");
 }

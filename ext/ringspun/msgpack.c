@@ -195,14 +195,20 @@ static VALUE stream_body(VALUE p) {
 
 static VALUE stream_ensure(VALUE p) {
   mp_stream *m = (mp_stream *)p;
-  if (m->reader_ready) rs_reader_cleanup(&m->r, m->io);
-  /* In front of what the reader gave back: the unfinished message's bytes,
-   * then what the gate held. */
-  rs_io_unread(m->io, m->gate.buf, (long)m->gate.len);
-  rs_io_unread(m->io, m->raw + m->raw_off, (long)(m->raw_len - m->raw_off));
+  /* Given back in one piece, in stream order: the unfinished message's
+   * bytes, what the gate held, then what the reader read ahead. */
+  VALUE back = Qnil;
+  if (m->reader_ready) rs_reader_cleanup_into(&m->r, &back);
+  back = rs_bytes_prepend(back, m->gate.buf, (long)m->gate.len);
+  back = rs_bytes_prepend(back, m->raw + m->raw_off, (long)(m->raw_len - m->raw_off));
   free(m->raw);
+  m->raw = NULL;
   if (m->u_ready) msgpack_unpacker_destroy(&m->u);
+  m->u_ready = false;
   rs_mp_gate_free(&m->gate);
+  /* Last: it may raise (Ruby's buffer too small), with everything freed. */
+  if (!NIL_P(back)) rs_io_unread(m->io, RSTRING_PTR(back), RSTRING_LEN(back));
+  RB_GC_GUARD(back);
   return Qnil;
 }
 

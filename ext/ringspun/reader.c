@@ -182,14 +182,14 @@ ssize_t rs_reader_next(rs_reader *r, const char **data) {
 
 static VALUE take_back_value(VALUE p) { return take_back_multishot((rs_reader *)p); }
 
-void rs_reader_cleanup(rs_reader *r, VALUE io) {
+void rs_reader_cleanup_into(rs_reader *r, VALUE *back) {
   if (r->ms) {
     int state = 0;
-    VALUE back = rb_protect(take_back_value, (VALUE)r, &state);
+    VALUE ms_back = rb_protect(take_back_value, (VALUE)r, &state);
     if (state) rb_set_errinfo(Qnil);
     disarm(r);
     recycle_current(r);
-    if (!state && !NIL_P(io) && RSTRING_LEN(back) > 0) rs_io_unread(io, RSTRING_PTR(back), RSTRING_LEN(back));
+    if (!state) *back = rs_bytes_prepend(*back, RSTRING_PTR(ms_back), RSTRING_LEN(ms_back));
   }
   /* A read-ahead that already took bytes from the fd must not lose them:
    * wait for it (cancelled if still waiting), and give its bytes back to
@@ -197,9 +197,9 @@ void rs_reader_cleanup(rs_reader *r, VALUE io) {
   if (r->pend.active && r->pend.op) {
     /* Wait for it (cancelled if still waiting): nothing stays pending. */
     ssize_t n = rs_pending_drain(&r->pend);
-    if (n > 0 && !NIL_P(io)) rs_io_unread(io, r->pend.buf, n);
-  } else if (r->pend.salvaged > 0 && !NIL_P(io)) {
-    rs_io_unread(io, r->pend.buf, r->pend.salvaged); /* read as a Timeout struck */
+    if (n > 0) *back = rs_bytes_prepend(*back, r->pend.buf, n);
+  } else if (r->pend.salvaged > 0) {
+    *back = rs_bytes_prepend(*back, r->pend.buf, r->pend.salvaged); /* read as a Timeout struck */
   }
   r->pend.salvaged = 0;
   void *kept = NULL;
@@ -214,4 +214,11 @@ void rs_reader_cleanup(rs_reader *r, VALUE io) {
     if (r->block[i] && r->block[i] != kept) rs_buf_put(r->pool, r->block[i]);
     r->block[i] = NULL;
   }
+}
+
+void rs_reader_cleanup(rs_reader *r, VALUE io) {
+  VALUE back = Qnil;
+  rs_reader_cleanup_into(r, &back);
+  if (!NIL_P(io) && !NIL_P(back)) rs_io_unread(io, RSTRING_PTR(back), RSTRING_LEN(back));
+  RB_GC_GUARD(back);
 }

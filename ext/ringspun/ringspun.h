@@ -242,6 +242,9 @@ int rs_sched_park(rs_sched *s);
  * (to release, then re-raise). */
 int rs_op_wait_salvage(rs_sched *s, rs_op *op, int *result);
 void rs_op_release(rs_sched *s, rs_op *op);
+/* Cancels op and parks until its last completion, keeping any exception
+ * being raised; the op stays the caller's to release. */
+void rs_op_drain(rs_sched *s, rs_op *op);
 void rs_op_cancel(rs_sched *s, rs_op *op);
 void rs_sched_ready_push(rs_sched *s, rs_op *op);
 /* From a worker thread: op is done; the loop completes it. */
@@ -281,6 +284,10 @@ VALUE rs_io_take_buffered(VALUE io, long max);
 /* Puts bytes back in front of io's read buffer (before what it holds).
  * Raises IOError when Ruby's buffer cannot take them all. */
 void rs_io_unread(VALUE io, const char *data, long n);
+/* data followed by acc (a String, or nil for none), as a new String: the
+ * pieces of one give-back gathered front to back, so one rs_io_unread puts
+ * them all back (each ungetbyte may fix the buffer's capacity). */
+VALUE rs_bytes_prepend(VALUE acc, const char *data, long n);
 /* Wait for readiness; returns revents (> 0), 0 on timeout, -errno. */
 int rs_io_wait_fd(int fd, short events, int64_t timeout_ns);
 struct pollfd;
@@ -394,6 +401,9 @@ ssize_t rs_reader_next(rs_reader *r, const char **data);
 /* Stops reading. With `io`, bytes a read-ahead already took are pushed
  * back into io's read buffer (IO#ungetbyte) so nothing is lost. */
 void rs_reader_cleanup(rs_reader *r, VALUE io);
+/* rs_reader_cleanup that gathers the bytes to give back in front of *back
+ * (see rs_bytes_prepend) instead of giving them back itself. */
+void rs_reader_cleanup_into(rs_reader *r, VALUE *back);
 
 /* ---- errors (errors.c) ------------------------------------------------------ */
 

@@ -17,6 +17,7 @@
 #include <ruby/fiber/scheduler.h>
 #include <ruby/io.h>
 #include <ruby/io/buffer.h>
+#include <unistd.h>
 
 #ifdef RUBY_FIBER_SCHEDULER_VERSION
 #define RS_SCHEDULER_VERSION RUBY_FIBER_SCHEDULER_VERSION
@@ -132,7 +133,36 @@ static VALUE sched_io_pread(VALUE self, VALUE io, VALUE buffer, VALUE from, VALU
   return positional_rw(RS_OP_READ, io, buffer, from, length, offset);
 }
 
+#ifdef HAVE_RUBY_THREAD_HAS_GVL_P
+int ruby_thread_has_gvl_p(void);
+
+/* Ruby 3.4.5's IO#pwrite calls this hook inside rb_thread_io_blocking_call,
+ * that is without the GVL (its IO#pread does not). Parking the fiber, or
+ * anything else that runs Ruby, would corrupt the VM there (seen: the timer
+ * thread spinning forever on a broken thread list). So: one pwrite(2)
+ * loop, touching only what Ruby handed over. */
+static VALUE pwrite_without_gvl(VALUE io, VALUE buffer, VALUE from, VALUE length, VALUE offset) {
+  const void *base;
+  size_t size, off = NUM2SIZET(offset), want = NUM2SIZET(length), done = 0;
+  rb_io_buffer_get_bytes_for_reading(buffer, &base, &size);
+  int fd = rb_io_descriptor(io);
+  int64_t at = NUM2LL(from);
+  if (off > size) return io_result(-EINVAL);
+  do {
+    ssize_t n = pwrite(fd, (const char *)base + off + done, size - off - done, (off_t)(at + (int64_t)done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return done ? io_result((ssize_t)done) : io_result(-errno);
+    if (n == 0) break;
+    done += (size_t)n;
+  } while (done < want && done < size - off);
+  return io_result((ssize_t)done);
+}
+#endif
+
 static VALUE sched_io_pwrite(VALUE self, VALUE io, VALUE buffer, VALUE from, VALUE length, VALUE offset) {
+#ifdef HAVE_RUBY_THREAD_HAS_GVL_P
+  if (!ruby_thread_has_gvl_p()) return pwrite_without_gvl(io, buffer, from, length, offset);
+#endif
   rs_sched_get(self);
   return positional_rw(RS_OP_WRITE, io, buffer, from, length, offset);
 }

@@ -329,7 +329,7 @@ static int park(rs_sched *s, VALUE target) {
  * being raised. Every op, not only those holding Ruby memory: an exception
  * that leaves a cancelled op in flight would leave work behind it. A cancel
  * completes on the next turn of the loop. */
-static void cancel_and_drain(rs_sched *s, rs_op *op) {
+void rs_op_drain(rs_sched *s, rs_op *op) {
   VALUE err = rb_errinfo();
   rs_op_cancel(s, op);
   ready_unlink(s, op);
@@ -344,13 +344,16 @@ static void cancel_and_drain(rs_sched *s, rs_op *op) {
  * before letting go, so no buffer is written and no op outlives the
  * exception. */
 static void op_abort(rs_sched *s, rs_op *op, int state) {
-  cancel_and_drain(s, op);
+  rs_op_drain(s, op);
   rs_op_release(s, op);
   rb_jump_tag(state);
 }
 
+static void bind_thread(rs_sched *s);
+
 static void check_parkable(rs_sched *s) {
   if (s->closed) rb_raise(rb_eIOError, "ringspun: scheduler is closed");
+  bind_thread(s);
   if (rb_fiber_current() == s->loop_fiber) rb_raise(rb_eRuntimeError, "ringspun: the loop fiber cannot wait on itself");
 }
 
@@ -449,7 +452,7 @@ int rs_op_wait_salvage(rs_sched *s, rs_op *op, int *result) {
   while (!op->done) {
     int state = park(s, s->loop_fiber);
     if (!state) continue;
-    cancel_and_drain(s, op);
+    rs_op_drain(s, op);
     *result = op->done ? op->result : -ECANCELED;
     return state;
   }
@@ -811,6 +814,7 @@ static VALUE sched_fiber(int argc, VALUE *argv, VALUE self) {
   rs_sched *s = rs_sched_get(self);
   rb_need_block();
   if (s->closed) rb_raise(rb_eIOError, "ringspun: scheduler is closed");
+  bind_thread(s);
   VALUE data = rb_ary_new_from_args(2, self, rb_block_proc());
   VALUE fiber = rb_funcall_with_block_kw(cFiber, id_new, 1, &non_blocking_kw, rb_proc_new(fiber_body, data),
                                          RB_PASS_KEYWORDS);
@@ -850,6 +854,11 @@ int64_t rs_duration_ns(VALUE d) {
  * Returns true when unblocked, false when the time ran out. */
 static VALUE wait_blocked(rs_sched *s, VALUE timeout) {
   check_parkable(s);
+  /* Unblocked before it got here: the wake-up is not lost. (Ruby 3.1's
+   * Mutex#sleep and ConditionVariable#wait wait in kernel_sleep, later
+   * Rubies in block: both end on unblock.) */
+  st_data_t key = (st_data_t)rb_fiber_current();
+  if (st_delete(s->unblocked, &key, NULL)) return Qtrue;
   rs_op *op = rs_op_new(s, NIL_P(timeout) ? RS_OP_READY : RS_OP_TIMER);
   if (!NIL_P(timeout)) op->timeout_ns = rs_duration_ns(timeout);
   VALUE me = rb_fiber_current();
@@ -870,9 +879,6 @@ static VALUE sched_kernel_sleep(int argc, VALUE *argv, VALUE self) {
 static VALUE sched_block(int argc, VALUE *argv, VALUE self) {
   rs_sched *s = rs_sched_get(self);
   rb_check_arity(argc, 1, 2);
-  /* Unblocked before it got here: the wake-up is not lost. */
-  st_data_t key = (st_data_t)rb_fiber_current();
-  if (st_delete(s->unblocked, &key, NULL)) return Qtrue;
   return wait_blocked(s, argc > 1 ? argv[1] : Qnil);
 }
 
