@@ -37,10 +37,13 @@ module SpliceContract
     scheduled? ? Ringspun.spin(&block) : Thread.new(&block)
   end
 
-  # Waits for what #article_spin started: a thread is joined; a fiber has
-  # already finished once its pipe was closed, which the caller waited for.
+  # Waits for what #article_spin started: a thread is joined, a fiber waited
+  # for. (Its pipe is closed already, but on Ruby 3.4 the close may not have
+  # returned yet: it is blocking work, handed to blocking_operation_wait.)
   def article_join(handle)
-    handle.join if handle.is_a?(Thread)
+    return handle.join if handle.is_a?(Thread)
+
+    sleep 0.001 while handle.alive?
   end
 
   # ---- file to socket ---------------------------------------------------------------------
