@@ -2,6 +2,14 @@
  * Errno::* with a message naming the call and side ("splice: src"). */
 #include "ringspun.h"
 
+#include <stdio.h>
+
 void rs_raise_errno(int err, const char *where) { rb_syserr_fail(err, where); }
+
+void rs_raise_side(const char *call, int err, const char *side) {
+  char where[64];
+  snprintf(where, sizeof(where), "%s: %s", call, side);
+  rs_raise_errno(err, where);
+}
 
 void rs_init_errors(VALUE mRingspun) { (void)mRingspun; }

@@ -236,7 +236,7 @@ static VALUE chunked_body(VALUE p) {
   return Qnil;
 }
 
-/* @see lib/ringspun/http1.rb for the documented signature. */
+/* @see lib/ringspun/io.rb for the documented signature. */
 static VALUE io_s_http1_splice_chunked(int argc, VALUE *argv, VALUE klass) {
   VALUE src, dest, vmax;
   rb_scan_args(argc, argv, "21", &src, &dest, &vmax);

@@ -362,7 +362,6 @@ long rs_splice_some(int in, int out, size_t len, const char *call);
 long rs_sendfile_some(int out, int in, size_t len, const char *call, bool refusable);
 /* Splices exactly len bytes (the caller knows they are there). */
 void rs_splice_exactly(int in, int out, size_t len, const char *call);
-NORETURN(void rs_raise_side(const char *call, int err, const char *side));
 /* Writes the bytes Ruby already buffered for src (at most max) to out;
  * returns how many. */
 int64_t rs_move_buffered(VALUE src, int out, size_t max, const char *call);
@@ -408,6 +407,8 @@ void rs_reader_cleanup_into(rs_reader *r, VALUE *back);
 /* ---- errors (errors.c) ------------------------------------------------------ */
 
 NORETURN(void rs_raise_errno(int err, const char *where));
+/* Errno::* naming the call and the side: "splice: src". */
+NORETURN(void rs_raise_side(const char *call, int err, const char *side));
 
 void rs_init_errors(VALUE mRingspun);
 void rs_init_scheduler(VALUE mRingspun);

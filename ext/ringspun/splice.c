@@ -77,12 +77,6 @@ static const char *side_of(int err, int in) {
   }
 }
 
-void rs_raise_side(const char *call, int err, const char *side) {
-  char where[64];
-  snprintf(where, sizeof(where), "%s: %s", call, side);
-  rs_raise_errno(err, where);
-}
-
 /* One splice/tee that waits until it moves something or reaches the end. */
 static long move_once_named(int kind, int in, int out, size_t len, const char *call) {
   for (;;) {

@@ -77,11 +77,7 @@ static void raise_for(zjob *j, int ret) {
 }
 
 NORETURN(static void raise_io(zjob *j, int err, const char *side));
-static void raise_io(zjob *j, int err, const char *side) {
-  char where[64];
-  snprintf(where, sizeof(where), "%s: %s", j->name, side);
-  rs_raise_errno(err, where);
-}
+static void raise_io(zjob *j, int err, const char *side) { rs_raise_side(j->name, err, side); }
 
 /* ---- zlib without the GVL ------------------------------------------------------------- */
 
@@ -492,7 +488,7 @@ static VALUE compress_call(int argc, VALUE *argv, bool gzip) {
   return r;
 }
 
-/* @see lib/ringspun/zlib.rb for the documented Ruby signatures. */
+/* @see lib/ringspun/io.rb for the documented Ruby signatures. */
 static VALUE io_s_gzip(int argc, VALUE *argv, VALUE klass) { return compress_call(argc, argv, true); }
 static VALUE io_s_deflate(int argc, VALUE *argv, VALUE klass) { return compress_call(argc, argv, false); }
 
