@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require_relative "test_helper"
+require "io/nonblock"
 require "zlib"
 
 # The scheduler's hooks as each Ruby calls them (issue 14), on both backends:
@@ -324,7 +325,8 @@ module SchedulerHooksContract
     took = elapsed do
       run_rs(limit: 10) do
         a, b = UNIXSocket.pair
-        [a, b].each { |s| s.nonblock = false } if a.respond_to?(:nonblock=)
+        [a, b].each { |s| s.nonblock = false }
+        assert_equal [false, false], [a.nonblock?, b.nonblock?], "both ends blocking fds"
         reader = go { a.read(5) }
         Ringspun.spin do
           sleep 0.05
