@@ -11,6 +11,7 @@
 #include <ruby/io.h>
 #include <ruby/thread.h>
 #include <unistd.h>
+#include <limits.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -382,23 +383,36 @@ static bool fd_ready(int fd, short events) {
  * blocking fd too. Where the file cannot (a tty; a regular file whose
  * pages are not cached, which poll(2) calls ready), the plain call runs
  * only once poll(2) says it will not wait. -EAGAIN: not ready. */
-static ssize_t rw_nowait(int kind, int fd, void *buf, size_t len) {
-  ssize_t n = try_nowait(kind, fd, buf, len);
-  if (n != -EAGAIN || !fd_ready(fd, kind == RS_OP_READ ? POLLIN : POLLOUT)) return n;
+/* The plain call once poll(2) said ready. A write is capped at PIPE_BUF:
+ * a blocking pipe that polls writable has that much room, and no more is
+ * promised (write(2) would wait for the rest). */
+static ssize_t plain_rw(int kind, int fd, void *buf, size_t len) {
+  if (kind == RS_OP_WRITE && len > PIPE_BUF) len = PIPE_BUF;
   for (;;) {
-    n = kind == RS_OP_READ ? read(fd, buf, len) : write(fd, buf, len);
+    ssize_t n = kind == RS_OP_READ ? read(fd, buf, len) : write(fd, buf, len);
     if (n >= 0) return n;
     if (errno != EINTR) return errno == EWOULDBLOCK ? -EAGAIN : -errno;
   }
 }
 
+static ssize_t rw_nowait(int kind, int fd, void *buf, size_t len) {
+  ssize_t n = try_nowait(kind, fd, buf, len);
+  if (n != -EAGAIN || !fd_ready(fd, kind == RS_OP_READ ? POLLIN : POLLOUT)) return n;
+  return plain_rw(kind, fd, buf, len);
+}
+
+/* A socket's or pipe's EAGAIN is the truth: wait. Only an EAGAIN right
+ * after a wait said ready (a regular file, a tty, a spurious wakeup) asks
+ * poll(2), so the common wait costs no extra system call. */
 static ssize_t ready_rw(int kind, int fd, void *buf, size_t len) {
   short events = kind == RS_OP_READ ? POLLIN : POLLOUT;
+  bool waited = false;
   for (;;) {
-    ssize_t n = rw_nowait(kind, fd, buf, len);
+    ssize_t n = waited ? rw_nowait(kind, fd, buf, len) : try_nowait(kind, fd, buf, len);
     if (n != -EAGAIN) return n;
     int ret = rs_io_wait_fd(fd, events, -1);
     if (ret < 0) return ret;
+    waited = true;
   }
 }
 
@@ -426,10 +440,11 @@ static bool again_mark(rs_sched *s, int fd, bool on) {
  * Ruby wait and retry forever. The first EAGAIN on an fd goes straight
  * back to Ruby, which waits; a second one in a row (a spurious wakeup, or
  * that regular file) asks poll(2), and a ready fd is read through the
- * ring, which does block on the page cache. */
+ * ring, which does block on the page cache (on epoll: the plain call).
+ * Either backend, a blocking fd never blocks the loop here. */
 ssize_t rs_io_once(int kind, int fd, void *buf, size_t len, VALUE keep) {
   short events = kind == RS_OP_READ ? POLLIN : POLLOUT;
-  rs_sched *s = native_sched();
+  rs_sched *s = rs_sched_current();
   if (!s) return rw_nowait(kind, fd, buf, len);
   ssize_t n = try_nowait(kind, fd, buf, len);
   if (n != -EAGAIN) {
@@ -438,7 +453,8 @@ ssize_t rs_io_once(int kind, int fd, void *buf, size_t len, VALUE keep) {
   }
   if (fd < 0 || !again_mark(s, fd, true) || !fd_ready(fd, events)) return n;
   again_mark(s, fd, false);
-  return native_rw(s, kind, fd, buf, len, -1, keep);
+  /* On epoll the plain call (the fd is ready); on io_uring the ring. */
+  return s->backend.ops->native ? native_rw(s, kind, fd, buf, len, -1, keep) : plain_rw(kind, fd, buf, len);
 }
 
 ssize_t rs_io_read_keep(int fd, void *buf, size_t len, VALUE keep) {
