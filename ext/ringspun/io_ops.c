@@ -244,9 +244,13 @@ static rb_io_t *open_fptr(VALUE io) {
   return RFILE(io)->fptr;
 }
 
-VALUE rs_io_take_buffered(VALUE io, long max) {
+bool rs_io_has_buffered(VALUE io) {
   rb_io_t *fptr = open_fptr(io);
-  if (!fptr || max <= 0 || !rb_io_read_pending(fptr)) return Qnil;
+  return fptr && rb_io_read_pending(fptr);
+}
+
+VALUE rs_io_take_buffered(VALUE io, long max) {
+  if (max <= 0 || !rs_io_has_buffered(io)) return Qnil;
   /* readpartial allocates max bytes before it knows how many it has. */
   if (max > RS_TAKE_MAX) max = RS_TAKE_MAX;
   return rb_funcall(io, id_readpartial, 1, LONG2NUM(max));
@@ -376,13 +380,6 @@ static bool fd_ready(int fd, short events) {
   return poll(&p, 1, 0) > 0;
 }
 
-/* One attempt that never blocks, whatever the fd's O_NONBLOCK says: an fd
- * Ruby did not make non-blocking ($stdin, an inherited pipe, a socket set
- * blocking) must not stop the loop, every other fiber and, with the GVL
- * held, every other thread. Sockets and pipes honour RWF_NOWAIT on a
- * blocking fd too. Where the file cannot (a tty; a regular file whose
- * pages are not cached, which poll(2) calls ready), the plain call runs
- * only once poll(2) says it will not wait. -EAGAIN: not ready. */
 /* The plain call once poll(2) said ready. A write is capped at PIPE_BUF:
  * a blocking pipe that polls writable has that much room, and no more is
  * promised (write(2) would wait for the rest). */
@@ -395,6 +392,13 @@ static ssize_t plain_rw(int kind, int fd, void *buf, size_t len) {
   }
 }
 
+/* One attempt that never blocks, whatever the fd's O_NONBLOCK says: an fd
+ * Ruby did not make non-blocking ($stdin, an inherited pipe, a socket set
+ * blocking) must not stop the loop, every other fiber and, with the GVL
+ * held, every other thread. Sockets and pipes honour RWF_NOWAIT on a
+ * blocking fd too. Where the file cannot (a tty; a regular file whose
+ * pages are not cached, which poll(2) calls ready), the plain call runs
+ * only once poll(2) says it will not wait. -EAGAIN: not ready. */
 static ssize_t rw_nowait(int kind, int fd, void *buf, size_t len) {
   ssize_t n = try_nowait(kind, fd, buf, len);
   if (n != -EAGAIN || !fd_ready(fd, kind == RS_OP_READ ? POLLIN : POLLOUT)) return n;

@@ -280,6 +280,8 @@ VALUE rs_io_end_io(VALUE obj, int side);
  * buffer, taken out of it as a binary String; nil when there are none or
  * io is not an IO. A primitive moves them before it reads the fd itself. */
 VALUE rs_io_take_buffered(VALUE io, long max);
+/* Ruby holds bytes it read ahead for io (an IO; false for anything else). */
+bool rs_io_has_buffered(VALUE io);
 #define RS_TAKE_MAX 65536L /* the most one rs_io_take_buffered returns */
 /* Puts bytes back in front of io's read buffer (before what it holds).
  * Raises IOError when Ruby's buffer cannot take them all. */

@@ -176,15 +176,12 @@ typedef struct sel {
   VALUE lists[3];       /* as given (Arrays or nil) */
   struct pollfd *pfds;
   long n;
-  bool buffered;        /* a readable already holds bytes Ruby read ahead */
 } sel;
 
 static const short sel_events[3] = {POLLIN, POLLOUT, POLLPRI};
 
-static int sel_fd(VALUE obj) {
-  VALUE io = RB_TYPE_P(obj, T_FILE) ? obj : rb_convert_type(obj, T_FILE, "IO", "to_io");
-  return rs_io_fd(io);
-}
+/* IO.select takes IOs and what converts to one (to_io), not fds. */
+static VALUE sel_io(VALUE obj) { return RB_TYPE_P(obj, T_FILE) ? obj : rb_convert_type(obj, T_FILE, "IO", "to_io"); }
 
 static void sel_collect(sel *s) {
   long total = 0;
@@ -195,13 +192,7 @@ static void sel_collect(sel *s) {
     if (NIL_P(s->lists[k])) continue;
     for (long i = 0; i < RARRAY_LEN(s->lists[k]); i++) {
       VALUE obj = RARRAY_AREF(s->lists[k], i);
-      s->pfds[s->n] = (struct pollfd){.fd = sel_fd(obj), .events = sel_events[k]};
-      if (k == 0) {
-        VALUE io = RB_TYPE_P(obj, T_FILE) ? obj : rb_convert_type(obj, T_FILE, "IO", "to_io");
-        rb_io_t *fptr = RFILE(io)->fptr;
-        if (fptr && rb_io_read_pending(fptr)) s->buffered = true;
-      }
-      s->n++;
+      s->pfds[s->n++] = (struct pollfd){.fd = rs_io_fd(sel_io(obj)), .events = sel_events[k]};
     }
   }
 }
@@ -217,12 +208,7 @@ static VALUE sel_result(sel *s) {
     if (NIL_P(s->lists[k])) continue;
     for (long i = 0; i < RARRAY_LEN(s->lists[k]); i++, at++) {
       VALUE obj = RARRAY_AREF(s->lists[k], i);
-      bool ready = s->pfds[at].revents != 0;
-      if (!ready && k == 0) {
-        VALUE io = RB_TYPE_P(obj, T_FILE) ? obj : rb_convert_type(obj, T_FILE, "IO", "to_io");
-        rb_io_t *fptr = RFILE(io)->fptr;
-        ready = fptr && rb_io_read_pending(fptr);
-      }
+      bool ready = s->pfds[at].revents != 0 || (k == 0 && rs_io_has_buffered(sel_io(obj)));
       /* POLLPRI is the only event of an exceptable; an error or hangup
        * makes a reader or writer ready, as select(2) does. */
       if (ready && (k < 2 || (s->pfds[at].revents & POLLPRI))) {
@@ -269,7 +255,7 @@ static VALUE sel_free(VALUE p) {
 static VALUE sched_io_select(int argc, VALUE *argv, VALUE self) {
   rs_sched_get(self);
   rb_check_arity(argc, 1, 4);
-  sel s = {{Qnil, Qnil, Qnil}, NULL, 0, false};
+  sel s = {{Qnil, Qnil, Qnil}, NULL, 0};
   for (int k = 0; k < 3 && k < argc; k++) s.lists[k] = argv[k];
   sel_wait w = {&s, argc > 3 && !NIL_P(argv[3]) ? rs_duration_ns(argv[3]) : -1};
   VALUE result = rb_ensure(sel_run, (VALUE)&w, sel_free, (VALUE)&w);

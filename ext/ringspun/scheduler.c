@@ -221,6 +221,25 @@ void rs_op_complete(rs_op *op, int result, uint32_t cqe_flags) {
 
 static int park(rs_sched *s, VALUE target);
 
+/* An op that only makes `fiber` runnable: queued now, already done. */
+static rs_op *queue_runnable(rs_sched *s, VALUE fiber) {
+  rs_op *op = rs_op_new(s, RS_OP_READY);
+  op->fiber = fiber;
+  op->waiting = 1;
+  op->done = 1;
+  rs_sched_ready_push(s, op);
+  return op;
+}
+
+/* The current fiber waits in line behind the fibers runnable now, while
+ * `target` runs. */
+static void requeue_and_park(rs_sched *s, VALUE target) {
+  rs_op *op = queue_runnable(s, rb_fiber_current());
+  int state = park(s, target);
+  rs_op_release(s, op);
+  if (state) rb_jump_tag(state);
+}
+
 static void msq_recycle_all(rs_sched *s, rs_msq *q) {
   for (; q->len > 0; q->len--, q->head = (q->head + 1) % RS_MSQ_CAP)
     if (q->flags[q->head] & IORING_CQE_F_BUFFER)
@@ -311,14 +330,8 @@ static int park(rs_sched *s, VALUE target) {
   rb_protect(transfer_to, target, &state);
   if (s->resuming != me) {
     VALUE by = s->running;
-    if (by != me && by != s->loop_fiber && RTEST(rb_fiber_alive_p(by))) {
-      rs_op *w = rs_op_new(s, RS_OP_READY);
-      w->fiber = by;
-      w->waiting = 1;
-      w->done = 1;
-      w->detached = 1; /* nobody releases it: the loop frees it */
-      rs_sched_ready_push(s, w);
-    }
+    if (by != me && by != s->loop_fiber && RTEST(rb_fiber_alive_p(by)))
+      queue_runnable(s, by)->detached = 1; /* nobody releases it: the loop frees it */
   }
   s->resuming = Qnil;
   s->running = me;
@@ -348,8 +361,6 @@ static void op_abort(rs_sched *s, rs_op *op, int state) {
   rs_op_release(s, op);
   rb_jump_tag(state);
 }
-
-static void bind_thread(rs_sched *s);
 
 static void check_parkable(rs_sched *s) {
   if (s->closed) rb_raise(rb_eIOError, "ringspun: scheduler is closed");
@@ -781,8 +792,7 @@ static VALUE fiber_body(RB_BLOCK_CALL_FUNC_ARGLIST(yielded, data)) {
   VALUE result = rb_protect(call_proc, RARRAY_AREF(data, 1), &state);
   st_data_t key = (st_data_t)rb_fiber_current();
   st_delete(s->fibers, &key, NULL);
-  key = (st_data_t)rb_fiber_current();
-  st_delete(s->unblocked, &key, NULL);
+  st_delete(s->unblocked, &key, NULL); /* (st_delete gave back the same key) */
   if (!state) return result;
   VALUE err = rb_errinfo();
   if (state == 6 && rb_obj_is_kind_of(err, eRunAborted)) {
@@ -830,14 +840,7 @@ static VALUE sched_fiber(int argc, VALUE *argv, VALUE self) {
     return fiber;
   }
   /* The creator is runnable again at once; it waits in line behind others. */
-  rs_op *op = rs_op_new(s, RS_OP_READY);
-  op->fiber = me;
-  op->waiting = 1;
-  op->done = 1;
-  rs_sched_ready_push(s, op);
-  int state = park(s, fiber);
-  rs_op_release(s, op);
-  if (state) rb_jump_tag(state);
+  requeue_and_park(s, fiber);
   return fiber;
 }
 
@@ -950,15 +953,11 @@ static VALUE sched_fiber_interrupt(VALUE self, VALUE fiber, VALUE exception) {
     rb_raise(rb_eTypeError, "exception object expected, got %" PRIsVALUE, rb_obj_class(exception));
   if (s->closed || !RTEST(rb_fiber_alive_p(fiber))) return Qnil;
   if (fiber == rb_fiber_current()) rb_exc_raise(exception);
-  rs_op *op = rs_op_new(s, RS_OP_READY);
-  op->fiber = fiber;
+  rs_op *op = queue_runnable(s, fiber);
   op->action = RS_ACT_RAISE;
   op->raise_class = exception; /* an exception object, raised as it is */
   op->raise_message = Qnil;
-  op->waiting = 1;
-  op->done = 1;
   op->detached = 1; /* nobody releases it: the loop frees it once delivered */
-  rs_sched_ready_push(s, op);
   if (rb_thread_current() != s->thread) s->backend.ops->wakeup(&s->backend);
   return Qnil;
 }
@@ -966,7 +965,6 @@ static VALUE sched_fiber_interrupt(VALUE self, VALUE fiber, VALUE exception) {
 typedef struct fd_cancel {
   rs_sched *s;
   int fd;
-  long n;
 } fd_cancel;
 
 static void cancel_on_fd(rs_op *op, void *arg) {
@@ -975,7 +973,6 @@ static void cancel_on_fd(rs_op *op, void *arg) {
   if (op->fd != c->fd && !(op->kind == RS_OP_SPLICE && op->fd_out == c->fd)) return;
   if (!(op->kernel_refs || op->in_backend)) return;
   rs_op_cancel(c->s, op);
-  c->n++;
 }
 
 /* io_close(fd), Ruby 4.0: called by IO#close once the fibers waiting on
@@ -985,7 +982,7 @@ static void cancel_on_fd(rs_op *op, void *arg) {
 static VALUE sched_io_close(VALUE self, VALUE fd) {
   rs_sched *s = rs_sched_get(self);
   if (!RB_INTEGER_TYPE_P(fd)) rb_raise(rb_eTypeError, "io_close takes a file descriptor (Integer), got %" PRIsVALUE, rb_obj_class(fd));
-  fd_cancel c = {s, NUM2INT(fd), 0};
+  fd_cancel c = {s, NUM2INT(fd)};
   if (!s->closed) rs_op_pool_each_live(&s->pool, cancel_on_fd, &c);
   if (s->backend.ops->flush && !s->closed) s->backend.ops->flush(&s->backend);
   if (close(c.fd) < 0 && errno != EINTR) rs_raise_errno(errno, "io_close");
@@ -999,14 +996,7 @@ static VALUE sched_yield_hook(VALUE self) {
   rs_sched *s = rs_sched_get(self);
   if (s->closed || fiber_blocking_p(rb_fiber_current())) return Qnil;
   check_parkable(s);
-  rs_op *op = rs_op_new(s, RS_OP_READY);
-  op->fiber = rb_fiber_current();
-  op->waiting = 1;
-  op->done = 1;
-  rs_sched_ready_push(s, op);
-  int state = park(s, s->loop_fiber);
-  rs_op_release(s, op);
-  if (state) rb_jump_tag(state);
+  requeue_and_park(s, s->loop_fiber);
   return Qnil;
 }
 

@@ -153,15 +153,17 @@ static long check_len(VALUE maxlen) {
 int64_t rs_move_buffered(VALUE src, int out, size_t max, const char *call) {
   VALUE io = rs_io_end_io(src, RS_SIDE_READ);
   if (io == Qundef) return 0;
-  int64_t total = 0;
-  VALUE got;
-  while ((size_t)total < max &&
-         !NIL_P(got = rs_io_take_buffered(io, max - (size_t)total > RS_TAKE_MAX ? RS_TAKE_MAX : (long)(max - (size_t)total)))) {
+  size_t total = 0;
+  while (total < max) {
+    /* Each take is at most RS_TAKE_MAX, so the long never overflows. */
+    size_t left = max - total;
+    VALUE got = rs_io_take_buffered(io, left > RS_TAKE_MAX ? RS_TAKE_MAX : (long)left);
+    if (NIL_P(got)) break;
     rs_write_all_direct(out, RSTRING_PTR(got), (size_t)RSTRING_LEN(got), false, call);
-    total += RSTRING_LEN(got);
+    total += (size_t)RSTRING_LEN(got);
     RB_GC_GUARD(got);
   }
-  return total;
+  return (int64_t)total;
 }
 
 /* ---- IO.splice / IO.tee ---------------------------------------------------------------- */
