@@ -116,4 +116,19 @@ unless ["", "0", "false", "no"].include?(ENV.fetch("RINGSPUN_DEBUG", "").strip.d
   $CFLAGS << " -O0"
 end
 
+# --- sources, by layer ----------------------------------------------------------------
+# The folders show the layers (ringspun.h says which is which): core/, runtime/, io/,
+# and the Ruby-facing files at the top. mkmf names each object by its file's base name
+# (so no two sources share one) and finds the file through VPATH; every file includes
+# the others by their path from this folder.
+RINGSPUN_LAYERS = %w[core runtime io].freeze
+$srcs = ["", *RINGSPUN_LAYERS].flat_map { |dir| Dir[File.join(__dir__, dir, "*.c")].sort }
+RINGSPUN_LAYERS.each { |dir| $VPATH << "$(srcdir)/#{dir}" }
+$INCFLAGS << " -I$(srcdir)"
+
 create_makefile("ringspun/ringspun")
+
+# mkmf makes the objects depend on the top folder's headers only: add the layers' own.
+headers = Dir.glob("**/*.h", base: __dir__).sort.map { |h| "$(srcdir)/#{h}" }
+File.open("Makefile", "a") { |f| f.puts "
+$(OBJS): #{headers.join(' ')}" }

@@ -22,7 +22,7 @@
  * in C (bench/c/http1_uring_chain.c, one submission a chunk), ran at 0.34x
  * the rate of this code, at 2.7x its CPU per GiB. */
 #include "ringspun.h"
-#include "http1.h"
+#include "core/http1.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>

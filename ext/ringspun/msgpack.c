@@ -9,7 +9,7 @@
 #include "ringspun.h"
 #include <msgpack.h>
 #include <msgpack/unpack_define.h>
-#include "msgpack_gate.h"
+#include "core/msgpack_gate.h"
 #include <ruby/encoding.h>
 #include <ruby/io.h>
 

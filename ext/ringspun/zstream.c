@@ -7,7 +7,7 @@
  * is produced. deflate() and inflate() run with the GVL released. End of
  * input is a read of 0 bytes, never a short read. */
 #include "ringspun.h"
-#include "zcore.h"
+#include "core/zcore.h"
 #include <errno.h>
 #include <string.h>
 #include <time.h>

@@ -1,5 +1,5 @@
 /* Block pool: no Ruby objects here. */
-#include "buffer_pool.h"
+#include "runtime/buffer_pool.h"
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>

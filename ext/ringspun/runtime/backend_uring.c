@@ -1,9 +1,10 @@
-/* io_uring backend: implements the rs_backend_ops seam and nothing else.
+/* io_uring backend: implements the rs_backend_ops seam and nothing else;
+ * the only file that includes liburing.
  *
  * SQEs are only prepared here; they reach the kernel together with the wait,
  * in one io_uring_submit_and_wait_timeout, when the scheduler has no runnable
  * fiber. A full submission queue is flushed and the SQE retried. */
-#include "ringspun.h"
+#include "runtime/op.h"
 #include <errno.h>
 #include <liburing.h>
 #include <poll.h>
@@ -155,8 +156,8 @@ static int uring_submit(rs_backend *b, rs_op *op) {
     io_uring_prep_poll_add(sqe, op->fd, op->events);
     break;
   case RS_OP_TIMER:
-    ts_from_ns(&op->ts, op->timeout_ns);
-    io_uring_prep_timeout(sqe, &op->ts, 0, 0);
+    ts_from_ns(&op->own.uring.ts, op->timeout_ns);
+    io_uring_prep_timeout(sqe, &op->own.uring.ts, 0, 0);
     break;
   default:
     if (prep_native(sqe, op) < 0) return -EINVAL;
@@ -166,12 +167,11 @@ static int uring_submit(rs_backend *b, rs_op *op) {
   if (linked) {
     sqe->flags |= IOSQE_IO_LINK;
     struct io_uring_sqe *t = io_uring_get_sqe(&U(b)->ring);
-    ts_from_ns(&op->ts, op->timeout_ns);
-    io_uring_prep_link_timeout(t, &op->ts, 0);
+    ts_from_ns(&op->own.uring.ts, op->timeout_ns);
+    io_uring_prep_link_timeout(t, &op->own.uring.ts, 0);
     io_uring_sqe_set_data64(t, (uint64_t)(uintptr_t)op | UD_LINK_TIMEOUT);
     op->kernel_refs = 2;
   }
-  b->sched->inflight++;
   return 0;
 }
 
@@ -209,17 +209,14 @@ static void dispatch(rs_backend *b, struct io_uring_cqe *cqe) {
   }
   if (tag == UD_IGNORE || !op) return;
   if (tag == UD_LINK_TIMEOUT) {
-    rs_op_kernel_done(op);
+    b->sink->unref(op);
     return;
   }
-  int res = cqe->res;
-  if (op->kind == RS_OP_RECV_MULTI) {
-    rs_op_multishot(op, res, cqe->flags);
-    return;
-  }
+  rs_cqe c = {.result = cqe->res, .bid = -1, .more = (cqe->flags & IORING_CQE_F_MORE) != 0};
+  if (cqe->flags & IORING_CQE_F_BUFFER) c.bid = (int)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
   /* A poll ended by its linked timeout reports -ECANCELED; say timeout. */
-  if (res == -ECANCELED && op->kind == RS_OP_POLL && op->timeout_ns >= 0 && !op->cancelling) res = -ETIME;
-  rs_op_complete(op, res, cqe->flags);
+  if (c.result == -ECANCELED && op->kind == RS_OP_POLL && op->timeout_ns >= 0 && !op->cancelling) c.result = -ETIME;
+  b->sink->complete(op, c);
 }
 
 static unsigned reap(rs_backend *b) {

@@ -1,10 +1,9 @@
 /* epoll backend: the fallback where io_uring cannot be set up. It takes
  * readiness waits (RS_OP_POLL) and timers (RS_OP_TIMER) only; the IO itself
- * is done by io_ops.c with non-blocking system calls. Timers live in a heap;
+ * is done by the IO layer (io/rw.c) with non-blocking system calls. Timers live in a heap;
  * several fibers may wait on one fd, so each fd keeps its list of waiters and
  * is armed with the union of their events, one-shot. */
-#include "ringspun.h"
-#include "timer_heap.h"
+#include "runtime/op.h"
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
@@ -89,7 +88,7 @@ static fd_entry *entry_for(epoll_state *e, int fd) {
 
 static uint32_t wanted_events(fd_entry *ent) {
   uint32_t ev = 0;
-  for (rs_op *op = ent->waiters; op; op = op->fd_next) ev |= op->events;
+  for (rs_op *op = ent->waiters; op; op = op->own.epoll.fd_next) ev |= op->events;
   return ev;
 }
 
@@ -108,26 +107,35 @@ static int arm_fd(epoll_state *e, int fd, fd_entry *ent) {
 
 static void unlink_waiter(epoll_state *e, rs_op *op) {
   fd_entry *ent = &e->fds[op->fd];
-  if (op->fd_prev) op->fd_prev->fd_next = op->fd_next;
-  else ent->waiters = op->fd_next;
-  if (op->fd_next) op->fd_next->fd_prev = op->fd_prev;
-  op->fd_next = op->fd_prev = NULL;
+  if (op->own.epoll.fd_prev) op->own.epoll.fd_prev->own.epoll.fd_next = op->own.epoll.fd_next;
+  else ent->waiters = op->own.epoll.fd_next;
+  if (op->own.epoll.fd_next) op->own.epoll.fd_next->own.epoll.fd_prev = op->own.epoll.fd_prev;
+  op->own.epoll.fd_next = op->own.epoll.fd_prev = NULL;
+}
+
+static rs_op *op_of_timer(rs_timer *t) { return RS_CONTAINER_OF(t, rs_op, own.epoll.timer); }
+
+/* A completion of ours goes up through the sink. */
+static void complete(rs_backend *b, rs_op *op, int result) {
+  rs_cqe c = {.result = result, .bid = -1, .more = false};
+  b->sink->complete(op, c);
 }
 
 /* Takes op out of every structure of ours; the op is then ours to finish. */
 static void detach(epoll_state *e, rs_op *op) {
   if (!op->in_backend) return;
   if (op->kind == RS_OP_POLL) unlink_waiter(e, op);
-  if (op->heap_index != SIZE_MAX) rs_heap_remove(&e->timers, op);
+  if (op->own.epoll.timer.index != RS_TIMER_NONE) rs_heap_remove(&e->timers, &op->own.epoll.timer);
   op->in_backend = 0;
 }
 
 static int epoll_submit(rs_backend *b, rs_op *op) {
   epoll_state *e = E(b);
   if (op->kind != RS_OP_POLL && op->kind != RS_OP_TIMER) return -EOPNOTSUPP;
+  op->own.epoll.timer.index = RS_TIMER_NONE;
   if (op->timeout_ns >= 0) {
-    op->deadline = rs_now_ns() + (uint64_t)op->timeout_ns;
-    if (rs_heap_push(&e->timers, op) < 0) return -ENOMEM;
+    op->own.epoll.timer.deadline = rs_now_ns() + (uint64_t)op->timeout_ns;
+    if (rs_heap_push(&e->timers, &op->own.epoll.timer) < 0) return -ENOMEM;
   }
   op->in_backend = 1;
   if (op->kind == RS_OP_TIMER) return 0;
@@ -136,15 +144,15 @@ static int epoll_submit(rs_backend *b, rs_op *op) {
     detach(e, op);
     return -ENOMEM;
   }
-  op->fd_prev = NULL;
-  op->fd_next = ent->waiters;
-  if (ent->waiters) ent->waiters->fd_prev = op;
+  op->own.epoll.fd_prev = NULL;
+  op->own.epoll.fd_next = ent->waiters;
+  if (ent->waiters) ent->waiters->own.epoll.fd_prev = op;
   ent->waiters = op;
   int ret = arm_fd(e, op->fd, ent);
   if (ret == -EPERM) {
     /* Regular files cannot be polled and are always ready. */
     detach(e, op);
-    rs_op_complete(op, (int)op->events, 0);
+    complete(b, op, (int)op->events);
     return 0;
   }
   if (ret < 0) detach(e, op);
@@ -154,7 +162,7 @@ static int epoll_submit(rs_backend *b, rs_op *op) {
 static int epoll_cancel(rs_backend *b, rs_op *op) {
   if (!op->in_backend) return 0;
   detach(E(b), op);
-  rs_op_complete(op, -ECANCELED, 0);
+  complete(b, op, -ECANCELED);
   return 0;
 }
 
@@ -165,11 +173,11 @@ static void dispatch_fd(rs_backend *b, int fd, uint32_t revents) {
   /* ONESHOT disarmed the fd; each matching waiter completes once. */
   rs_op *op = ent->waiters;
   while (op) {
-    rs_op *next = op->fd_next;
+    rs_op *next = op->own.epoll.fd_next;
     uint32_t hit = revents & (op->events | EPOLLERR | EPOLLHUP);
     if (hit) {
       detach(e, op);
-      rs_op_complete(op, (int)hit, 0);
+      complete(b, op, (int)hit);
     }
     op = next;
   }
@@ -179,10 +187,11 @@ static void dispatch_fd(rs_backend *b, int fd, uint32_t revents) {
 static void expire_timers(rs_backend *b) {
   epoll_state *e = E(b);
   uint64_t now = rs_now_ns();
-  rs_op *op;
-  while ((op = rs_heap_peek(&e->timers)) && op->deadline <= now) {
+  rs_timer *t;
+  while ((t = rs_heap_peek(&e->timers)) && t->deadline <= now) {
+    rs_op *op = op_of_timer(t);
     detach(e, op);
-    rs_op_complete(op, -ETIME, 0);
+    complete(b, op, -ETIME);
   }
 }
 
@@ -231,7 +240,7 @@ static void ubf_wakeup(void *p) {
 
 /* The wait's limit: the caller's, or sooner if a timer is due first. */
 static int64_t wait_limit_ns(epoll_state *e, int64_t timeout_ns) {
-  rs_op *next = rs_heap_peek(&e->timers);
+  rs_timer *next = rs_heap_peek(&e->timers);
   if (next) {
     uint64_t now = rs_now_ns();
     int64_t until = next->deadline > now ? (int64_t)(next->deadline - now) : 0;

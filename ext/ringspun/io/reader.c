@@ -2,12 +2,11 @@
  * stream (zstream.c, loops.c, msgpack.c). Under a Ringspun scheduler on
  * io_uring the next read is in flight while the caller works on the current
  * chunk; elsewhere each chunk is read when asked for. Two pool blocks. */
-#include "ringspun.h"
+#include "io/reader.h"
 #include <errno.h>
 #include <ruby/io.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <liburing/io_uring.h>
 
 static void start(rs_reader *r) {
   rs_pending *p = &r->pend;
@@ -70,19 +69,18 @@ static void disarm(rs_reader *r) {
 }
 
 /* The next completion of the multishot op, re-arming it when the kernel
- * ended it (ENOBUFS, or a completion without IORING_CQE_F_MORE). */
-static void next_completion(rs_reader *r, int *res, uint32_t *flags) {
+ * ended it (ENOBUFS, or a completion with no more to follow). */
+static rs_cqe next_completion(rs_reader *r) {
   for (;;) {
     if (!r->ms_op) arm(r);
     rs_msq *q = r->ms_op->block;
     if (q->len > 0) {
-      *res = q->res[q->head];
-      *flags = q->flags[q->head];
+      rs_cqe c = q->cqe[q->head];
       q->head = (q->head + 1) % RS_MSQ_CAP;
       q->len--;
-      if (!(*flags & IORING_CQE_F_MORE)) disarm(r);
-      if (*res == -ECANCELED) continue; /* paused for holding too many buffers */
-      return;
+      if (!c.more) disarm(r);
+      if (c.result == -ECANCELED) continue; /* paused for holding too many buffers */
+      return c;
     }
     rs_op_park_news(r->ms, r->ms_op);
   }
@@ -91,10 +89,8 @@ static void next_completion(rs_reader *r, int *res, uint32_t *flags) {
 static ssize_t next_multishot(rs_reader *r, const char **data) {
   if (r->ms_len == 0) {
     recycle_current(r);
-    int res;
-    uint32_t flags;
-    next_completion(r, &res, &flags);
-    if (res == -ENOBUFS) {
+    rs_cqe c = next_completion(r);
+    if (c.result == -ENOBUFS) {
       /* The shared ring is empty (other readers hold its buffers): read
        * this chunk the plain way instead of re-arming into ENOBUFS. */
       char *dst = r->block[r->cur];
@@ -103,13 +99,13 @@ static ssize_t next_multishot(rs_reader *r, const char **data) {
       if (n > 0) *data = dst;
       return n;
     }
-    if (res <= 0) {
-      if (flags & IORING_CQE_F_BUFFER) r->ms->backend.ops->bufring_recycle(&r->ms->backend, flags >> IORING_CQE_BUFFER_SHIFT);
-      return res;
+    if (c.result <= 0) {
+      if (c.bid >= 0) r->ms->backend.ops->bufring_recycle(&r->ms->backend, (unsigned)c.bid);
+      return c.result;
     }
-    r->ms_bid = (int)(flags >> IORING_CQE_BUFFER_SHIFT);
+    r->ms_bid = c.bid;
     r->ms_cur = r->ms->backend.ops->bufring_buf(&r->ms->backend, (unsigned)r->ms_bid);
-    r->ms_len = (size_t)res;
+    r->ms_len = (size_t)c.result;
   }
   size_t n = r->ms_len < r->chunk ? r->ms_len : r->chunk;
   *data = r->ms_cur;
@@ -128,10 +124,10 @@ static VALUE take_back_multishot(rs_reader *r) {
   rs_msq *q = op->block;
   for (;;) {
     for (; q->len > 0; q->len--, q->head = (q->head + 1) % RS_MSQ_CAP) {
-      uint32_t f = q->flags[q->head];
-      if (q->res[q->head] > 0 && (f & IORING_CQE_F_BUFFER))
-        rb_str_cat(back, r->ms->backend.ops->bufring_buf(&r->ms->backend, f >> IORING_CQE_BUFFER_SHIFT), q->res[q->head]);
-      if (f & IORING_CQE_F_BUFFER) r->ms->backend.ops->bufring_recycle(&r->ms->backend, f >> IORING_CQE_BUFFER_SHIFT);
+      rs_cqe c = q->cqe[q->head];
+      if (c.bid < 0) continue;
+      if (c.result > 0) rb_str_cat(back, r->ms->backend.ops->bufring_buf(&r->ms->backend, (unsigned)c.bid), c.result);
+      r->ms->backend.ops->bufring_recycle(&r->ms->backend, (unsigned)c.bid);
     }
     if (!op->kernel_refs) break;
     rs_op_park_news(r->ms, op);

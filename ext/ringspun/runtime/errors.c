@@ -1,8 +1,9 @@
 /* The one place where a -errno from the C core becomes a Ruby exception:
  * Errno::* with a message naming the call and side ("splice: src"). */
-#include "ringspun.h"
-
+#include "runtime/errors.h"
 #include <stdio.h>
+
+VALUE rs_eRunAborted;
 
 void rs_raise_errno(int err, const char *where) { rb_syserr_fail(err, where); }
 
@@ -12,4 +13,6 @@ void rs_raise_side(const char *call, int err, const char *side) {
   rs_raise_errno(err, where);
 }
 
-void rs_init_errors(VALUE mRingspun) { (void)mRingspun; }
+void rs_init_errors(VALUE mRingspun) {
+  rs_eRunAborted = rb_define_class_under(mRingspun, "RunAborted", rb_eException);
+}
