@@ -1,5 +1,5 @@
 /* libFuzzer harness for the HTTP/1.1 chunked-body parser
- * (ext/ringspun/http1.c), driven the way http1_io.c's unchunk_body drives
+ * (ext/ringspun/core/http1.c), driven the way http1_io.c's unchunk_body drives
  * it for IO.http1_splice_unchunked: framing bytes go to rs_chunk_parse,
  * and in RS_CH_DATA the caller moves at most `remaining` payload bytes (at
  * most a block at a time) and reports them with rs_chunk_consumed.

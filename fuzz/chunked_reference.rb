@@ -2,7 +2,7 @@
 
 module RingspunFuzz
   # A reference decoder for HTTP/1.1 chunked bodies (RFC 9112, section 7.1),
-  # written apart from ext/ringspun/http1.c to check IO.http1_splice_unchunked
+  # written apart from ext/ringspun/core/http1.c to check IO.http1_splice_unchunked
   # against: it works on the whole body at once, line by line, where the C
   # parser is a byte-at-a-time state machine.
   #

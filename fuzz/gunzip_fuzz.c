@@ -1,4 +1,4 @@
-/* libFuzzer harness for the gzip/zlib decoding core (ext/ringspun/zcore.c),
+/* libFuzzer harness for the gzip/zlib decoding core (ext/ringspun/core/zcore.c),
  * driven the way zstream.c's decompress_body drives it for IO.gunzip and
  * IO.inflate: a fresh output window before every rs_unzip_run, the next
  * read only once zlib has taken all of the last one, rs_unzip_eof at end of

@@ -27,10 +27,11 @@ module RingspunFuzz
   module Runner
     ROOT = File.expand_path("..", __dir__)
     EXT = File.join(ROOT, "ext", "ringspun")
+    CORE = File.join(EXT, "core") # the codec cores: no Ruby objects, linked alone
     FUZZ = File.join(ROOT, "fuzz")
     OUT = File.join(ROOT, "tmp", "fuzz")
 
-    # Each harness: the C it links from ext/, what else it needs, and the
+    # Each harness: the C it links from ext/ringspun/core/, what else it needs, and the
     # largest input libFuzzer makes (room for the seeds that matter: 64 KiB
     # gzip headers, 8 KiB chunk-extension lines, 64 KiB strings).
     HARNESSES = {
@@ -107,10 +108,10 @@ module RingspunFuzz
     def self.build(name)
       spec = HARNESSES.fetch(name)
       cc = compiler or raise compiler_error
-      sources = [File.join(FUZZ, "#{name}_fuzz.c")] + spec[:sources].map { |s| File.join(EXT, s) }
+      sources = [File.join(FUZZ, "#{name}_fuzz.c")] + spec[:sources].map { |s| File.join(CORE, s) }
       extra = spec[:pkg] ? pkg_flags(spec[:pkg]) : spec[:libs]
-      args = [*CFLAGS, "-I#{EXT}", "-I#{FUZZ}", *sources, *extra]
-      inputs = sources + Dir[File.join(EXT, "*.h")] + [File.join(FUZZ, "fuzz_input.h")]
+      args = [*CFLAGS, "-I#{CORE}", "-I#{FUZZ}", *sources, *extra]
+      inputs = sources + Dir[File.join(CORE, "*.h")] + [File.join(FUZZ, "fuzz_input.h")]
       stamp_text = ([cc] + args + inputs.sort.map { |f| Digest::SHA256.file(f).hexdigest }).join("\n")
       bin_dir = File.join(OUT, "bin")
       exe = File.join(bin_dir, "#{name}_fuzz")

@@ -49,14 +49,7 @@ module RingspunTest
     MODES = { "IoUring" => :io_uring, "Epoll" => :epoll, "Blocking" => :blocking }.freeze
 
     def self.define(prefix, contract, modes: MODES)
-      modes.map do |suffix, mode|
-        klass = Class.new(self) do
-          include contract
-          include Modes::SkipWithoutUring
-        end
-        klass.backend = mode
-        Object.const_set("#{prefix}#{suffix}", klass)
-      end
+      Modes.define(prefix, contract, base: self, modes: modes)
     end
 
     def mode

@@ -381,13 +381,16 @@ module RingspunTest
       end
     end
 
-    def self.define(prefix, contract, base: Case)
-      ALL.map do |suffix, backend|
+    # The one class-per-mode definer: a subclass of +base+ per entry of +modes+ (suffix =>
+    # mode, read back as the class's +backend+), each including +contract+.
+    # @return [Array<Class>]
+    def self.define(prefix, contract, base: Case, modes: ALL)
+      modes.map do |suffix, mode|
         klass = Class.new(base) do
           include contract
           include SkipWithoutUring
         end
-        klass.backend = backend
+        klass.backend = mode
         Object.const_set("#{prefix}#{suffix}", klass)
       end
     end

@@ -20,11 +20,7 @@
 #include "io/io.h"
 #include "io/reader.h"
 
-/* A Fiber::Scheduler duration (seconds, Numeric) in ns; ArgumentError if
- * negative (scheduler.c). */
-int64_t rs_duration_ns(VALUE d);
-
-/* Each Ruby-facing file's part, called by Init_ringspun in this order. */
+/* Each Ruby-facing file's part, called by Init_ringspun (init.c) in this order. */
 void rs_init_scheduler(VALUE mRingspun);
 void rs_init_sched_io(VALUE cScheduler);
 void rs_init_splice(VALUE mRingspun);

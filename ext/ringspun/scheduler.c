@@ -169,13 +169,6 @@ static VALUE sched_fiber(int argc, VALUE *argv, VALUE self) {
 
 /* ---- hooks: time ---------------------------------------------------------------------------- */
 
-int64_t rs_duration_ns(VALUE d) {
-  double secs = NUM2DBL(d);
-  if (secs < 0) rb_raise(rb_eArgError, "time interval must not be negative");
-  if (secs > 1e9) secs = 1e9;
-  return (int64_t)(secs * 1e9);
-}
-
 /* Parks in a way `unblock` can end: forever, or until `timeout` expires.
  * Returns true when unblocked, false when the time ran out. */
 static VALUE wait_blocked(rs_sched *s, VALUE timeout) {

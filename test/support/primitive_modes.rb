@@ -32,14 +32,7 @@ module RingspunTest
     ALL = { "IoUring" => :io_uring, "Epoll" => :epoll, "Blocking" => :blocking, "Async" => :async }.freeze
 
     def self.define(prefix, contract)
-      ALL.map do |suffix, mode|
-        klass = Class.new(PrimitiveCase) do
-          include contract
-          include Modes::SkipWithoutUring
-        end
-        klass.backend = mode
-        Object.const_set("#{prefix}#{suffix}", klass)
-      end
+      Modes.define(prefix, contract, base: PrimitiveCase, modes: ALL)
     end
   end
 

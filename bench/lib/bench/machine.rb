@@ -73,7 +73,7 @@ module Bench
       so = File.join(ROOT, "lib/ringspun", RbConfig::CONFIG["ruby_version"], "ringspun.#{RbConfig::CONFIG['DLEXT']}")
       return true unless File.exist?(so)
 
-      newest = Dir[File.join(ROOT, "ext/ringspun/*.{c,h}")].map { |f| File.mtime(f) }.max
+      newest = Dir[File.join(ROOT, "ext/ringspun/**/*.{c,h}")].map { |f| File.mtime(f) }.max
       newest && newest > File.mtime(so)
     end
 

@@ -1,7 +1,7 @@
 /* A primitive's arguments: the fd behind a Ruby IO end (an IO, a
  * Ringspun::Pipe, a Delegator, an Integer fd; never under TLS), checked
  * for the access a side needs; Ruby's read buffer, reached through
- * supported API only; keyword arguments. */
+ * supported API only; keyword arguments and durations. */
 #include "io/io.h"
 #include "runtime/errors.h"
 #include <errno.h>
@@ -197,6 +197,13 @@ rs_end rs_end_of(VALUE obj, int side, const char *call) {
   e.size = (int64_t)st.st_size;
   e.nonblock = (check_access(e.fd, side == RS_SIDE_WRITE, call, side == RS_SIDE_READ ? "src" : "dest") & O_NONBLOCK) != 0;
   return e;
+}
+
+int64_t rs_duration_ns(VALUE d) {
+  double secs = NUM2DBL(d);
+  if (secs < 0) rb_raise(rb_eArgError, "time interval must not be negative");
+  if (secs > 1e9) secs = 1e9;
+  return (int64_t)(secs * 1e9);
 }
 
 void rs_init_io_ends(void) {

@@ -20,6 +20,9 @@ int rs_io_fd(VALUE io);    /* raises IOError on a closed IO, TypeError else */
 /* The one keyword argument `name` of opts (a Hash or nil), Qundef when
  * absent; any other key raises ArgumentError. */
 VALUE rs_kwarg(VALUE opts, const char *name);
+/* A duration in seconds (Numeric, as Fiber::Scheduler hooks take it) in
+ * ns; ArgumentError if negative. */
+int64_t rs_duration_ns(VALUE d);
 enum { RS_SIDE_READ = 0, RS_SIDE_WRITE = 1 };
 /* The fd to read from (or write to) for a primitive's argument: an IO, a
  * Ringspun::Pipe (its matching end) or an Integer fd. An object that wraps

@@ -5,7 +5,7 @@
  * Fibers switch only by transfer. A fiber that waits parks by transferring
  * to the loop fiber (loop.c), which resumes the fibers on the ready queue
  * and, when none is runnable, waits on the backend. */
-#include "runtime/sched.h"
+#include "runtime/op.h"
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>

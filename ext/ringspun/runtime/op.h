@@ -5,13 +5,7 @@
  * made runnable. A backend reads the request's fields and nothing else. */
 #ifndef RINGSPUN_OP_H
 #define RINGSPUN_OP_H 1
-#include <ruby.h>
-#include "runtime/common.h"
-#include "runtime/backend.h"
-#include "runtime/buffer_pool.h"
-#include "runtime/work.h"
-
-typedef struct rs_sched rs_sched;
+#include "runtime/state.h"
 
 enum rs_op_kind {
   RS_OP_READY = 0, /* no kernel work: the fiber is simply runnable again */
@@ -64,16 +58,7 @@ struct rs_op {
   } own;
 };
 
-/* ---- the pool: fixed-size records carved from slabs, never a malloc per op */
-
-#define RS_OPS_PER_SLAB 256
-
-typedef struct rs_op_pool {
-  rs_op *free_list;
-  rs_op **slabs;
-  size_t nslabs, cap_slabs;
-  size_t live;          /* ops handed out and not yet released */
-} rs_op_pool;
+/* ---- the pool (state.h has its type) --------------------------------------- */
 
 void rs_op_pool_init(rs_op_pool *p);
 void rs_op_pool_destroy(rs_op_pool *p);
