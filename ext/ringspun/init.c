@@ -8,7 +8,7 @@ RS_EXPORT void Init_ringspun(void) {
   rs_init_sched();
   rs_init_loop();
   rs_init_io_ends();
-  rs_init_io_wait();
+  rs_init_io_ready();
   rs_init_scheduler(mRingspun);
   rs_init_splice(mRingspun);
   rs_init_zstream(mRingspun);

@@ -1,5 +1,5 @@
 /* Zero-copy moves: IO.splice, IO.tee, IO.double_splice, on the splice
- * and sendfile steps of io/moves.c. */
+ * and sendfile steps of io/ready.c. */
 #include "ringspun.h"
 #include <errno.h>
 #include <fcntl.h>

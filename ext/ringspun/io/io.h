@@ -4,9 +4,9 @@
  * through whatever scheduler is current, or poll(2) without the GVL).
  *   ends.c    a primitive's arguments: the fd of a Ruby IO end, Ruby's
  *             read buffer (take bytes out, give bytes back), keywords;
- *   wait.c    readiness waits, one fd or several;
- *   rw.c      read and write, once or kept in flight (rs_pending);
- *   moves.c   splice(2), tee(2) and sendfile(2) steps that wait;
+ *   ready.c   the readiness strategy: waits, one fd or several, and the
+ *             splice(2), tee(2) and sendfile(2) steps, which always take it;
+ *   rw.c      read and write in both strategies, once or kept in flight;
  *   reader.c  a chunk reader with read-ahead (reader.h). */
 #ifndef RINGSPUN_IO_H
 #define RINGSPUN_IO_H 1
@@ -61,7 +61,7 @@ void rs_io_unread(VALUE io, const char *data, long n);
  * them all back (each ungetbyte may fix the buffer's capacity). */
 VALUE rs_bytes_prepend(VALUE acc, const char *data, long n);
 
-/* ---- waiting (wait.c) ------------------------------------------------------------ */
+/* ---- waiting (ready.c) ------------------------------------------------------------ */
 
 /* Wait for readiness; returns revents (> 0), 0 on timeout, -errno. */
 int rs_io_wait_fd(int fd, short events, int64_t timeout_ns);
@@ -90,6 +90,9 @@ ssize_t rs_io_prw_keep(int kind, int fd, void *buf, size_t len, int64_t off, VAL
 /* Writes all of buf with write(2)/send(2), waiting for readiness as needed;
  * `more` hints that more data follows (MSG_MORE on sockets). */
 void rs_write_all_direct(int fd, const void *buf, size_t len, bool more, const char *call);
+/* Writes the bytes Ruby already buffered for src (at most max) to out;
+ * returns how many. */
+int64_t rs_move_buffered(VALUE src, int out, size_t max, const char *call);
 /* The pool for the current fiber: its scheduler's, or the thread's. */
 rs_buf_pool *rs_current_pool(void);
 
@@ -121,7 +124,7 @@ ssize_t rs_pending_finish(rs_pending *p);
  * bytes: they are in p->buf). Never raises. */
 ssize_t rs_pending_drain(rs_pending *p);
 
-/* ---- splice, tee, sendfile (moves.c) ---------------------------------------------------- */
+/* ---- splice, tee, sendfile (ready.c) ---------------------------------------------------- */
 
 enum { RS_MOVE_SPLICE = 0, RS_MOVE_TEE = 1 };
 #define RS_SPLICE_MAX_CHUNK (1U << 30)
@@ -140,12 +143,9 @@ long rs_splice_some(int in, int out, size_t len, const char *call);
 long rs_sendfile_some(int out, int in, size_t len, const char *call, bool refusable);
 /* Splices exactly len bytes (the caller knows they are there). */
 void rs_splice_exactly(int in, int out, size_t len, const char *call);
-/* Writes the bytes Ruby already buffered for src (at most max) to out;
- * returns how many. */
-int64_t rs_move_buffered(VALUE src, int out, size_t max, const char *call);
 /* A private pipe, O_CLOEXEC|O_NONBLOCK, sized toward `want`. */
 int rs_pipe_open(int fds[2], size_t want, size_t *cap);
 
 void rs_init_io_ends(void);
-void rs_init_io_wait(void);
+void rs_init_io_ready(void);
 #endif

@@ -3,7 +3,7 @@
  *   an RWF_NOWAIT try, else an op on the ring and the fiber parks;
  * - readiness: everything else (Ringspun on epoll, another scheduler, no
  *   scheduler): the non-blocking system call, and on EAGAIN a readiness wait
- *   (wait.c). A blocking fd never blocks the loop on either. */
+ *   (ready.c). A blocking fd never blocks the loop on either. */
 #include "io/io.h"
 #include "runtime/errors.h"
 #include <errno.h>
@@ -175,6 +175,25 @@ void rs_write_all_direct(int fd, const void *buf, size_t len, bool more, const c
     if (w < 0) rs_raise_side(call, -w, "dest");
   }
 }
+
+/* Bytes Ruby already read into src's buffer precede the fd's: they are
+ * written to out first. Returns how many. */
+int64_t rs_move_buffered(VALUE src, int out, size_t max, const char *call) {
+  VALUE io = rs_io_end_io(src, RS_SIDE_READ);
+  if (io == Qundef) return 0;
+  size_t total = 0;
+  while (total < max) {
+    /* Each take is at most RS_TAKE_MAX, so the long never overflows. */
+    size_t left = max - total;
+    VALUE got = rs_io_take_buffered(io, left > RS_TAKE_MAX ? RS_TAKE_MAX : (long)left);
+    if (NIL_P(got)) break;
+    rs_write_all_direct(out, RSTRING_PTR(got), (size_t)RSTRING_LEN(got), false, call);
+    total += (size_t)RSTRING_LEN(got);
+    RB_GC_GUARD(got);
+  }
+  return (int64_t)total;
+}
+
 
 rs_buf_pool *rs_current_pool(void) {
   rs_sched *s = rs_sched_current();
