@@ -32,7 +32,7 @@ static VALUE sched_initialize(int argc, VALUE *argv, VALUE self) {
   rs_sched *s = rs_sched_get(self);
   rs_sched_write(s, &s->loop_fiber, rb_fiber_current());
   rs_sched_write(s, &s->thread, rb_thread_current());
-  s->running = s->resuming = Qnil;
+  s->sw->running = s->sw->resuming = Qnil;
   rs_sched_start(s, want);
   return self;
 }
@@ -70,7 +70,7 @@ static VALUE sched_teardown(VALUE self) {
 static VALUE sched_abandon(VALUE self) {
   rs_sched *s = rs_sched_get(self);
   if (s->closed) return Qnil;
-  rs_loop_abandon(s);
+  rs_loop_unwind(s);
   return sched_teardown(self);
 }
 
@@ -111,8 +111,8 @@ static bool hook_error_p(VALUE self, VALUE err) {
 static VALUE fiber_body(RB_BLOCK_CALL_FUNC_ARGLIST(yielded, data)) {
   VALUE self = RARRAY_AREF(data, 0);
   rs_sched *s = rs_sched_get(self);
-  s->resuming = Qnil;
-  rs_sched_write(s, &s->running, rb_fiber_current());
+  s->sw->resuming = Qnil;
+  s->sw->running = rb_fiber_current();
   int state = 0;
   VALUE result = rb_protect(call_proc, RARRAY_AREF(data, 1), &state);
   rs_sched_forget_fiber(s, rb_fiber_current());
@@ -154,11 +154,11 @@ static VALUE sched_fiber(int argc, VALUE *argv, VALUE self) {
   rs_sched_add_fiber(s, fiber);
   VALUE me = rb_fiber_current();
   if (me == s->loop_fiber) {
-    rs_sched_write(s, &s->running, fiber);
-    rs_sched_write(s, &s->resuming, fiber);
+    s->sw->running = fiber;
+    s->sw->resuming = fiber;
     rb_fiber_transfer(fiber, 0, NULL);
-    rs_sched_write(s, &s->running, me);
-    s->resuming = Qnil;
+    s->sw->running = me;
+    s->sw->resuming = Qnil;
     rs_loop_raise_pending(s);
     return fiber;
   }

@@ -120,12 +120,12 @@ static VALUE unwind_fibers(VALUE p) {
   for (long i = 0; i < RARRAY_LEN(fibers); i++) {
     VALUE f = RARRAY_AREF(fibers, i);
     if (f == rb_fiber_current() || !RTEST(rb_fiber_alive_p(f))) continue;
-    rs_sched_write(s, &s->running, f);
-    rs_sched_write(s, &s->resuming, f);
+    s->sw->running = f;
+    s->sw->resuming = f;
     int state = 0;
     rb_protect(raise_abort, f, &state);
     if (state) rb_set_errinfo(Qnil);
-    rs_sched_write(s, &s->running, s->loop_fiber);
+    s->sw->running = s->loop_fiber;
   }
   /* Their ensure clauses may wait: give them a bounded second. */
   uint64_t deadline = rs_now_ns() + 1000000000ULL;
@@ -137,13 +137,11 @@ static VALUE unwind_fibers(VALUE p) {
   return Qnil;
 }
 
-void rs_loop_abandon(rs_sched *s) {
-  if (rb_fiber_current() == s->loop_fiber) {
-    int state = 0;
-    rb_protect(unwind_fibers, (VALUE)s, &state);
-    if (state) rb_set_errinfo(Qnil);
-  }
-  rs_loop_teardown(s);
+void rs_loop_unwind(rs_sched *s) {
+  if (rb_fiber_current() != s->loop_fiber) return;
+  int state = 0;
+  rb_protect(unwind_fibers, (VALUE)s, &state);
+  if (state) rb_set_errinfo(Qnil);
 }
 
 /* ---- work on a worker thread --------------------------------------------------------------- */

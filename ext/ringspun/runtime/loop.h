@@ -11,9 +11,9 @@ void rs_loop_raise_pending(rs_sched *s);
 /* Cancels what is in flight, waits for it (bounded), stops the workers
  * and closes the backend. */
 void rs_loop_teardown(rs_sched *s);
-/* Raises Ringspun::RunAborted into every fiber still parked, gives their
- * ensure clauses a bounded second, then tears down. */
-void rs_loop_abandon(rs_sched *s);
+/* From the loop's fiber: raises Ringspun::RunAborted into every fiber
+ * still parked and gives their ensure clauses a bounded second. */
+void rs_loop_unwind(rs_sched *s);
 /* Runs fn(arg) on a worker thread while the fiber parks; returns its
  * result. Without a Ringspun scheduler, runs it here with the GVL
  * released. An interrupted fiber still waits for the worker to finish:

@@ -214,16 +214,16 @@ static VALUE transfer_to(VALUE fiber) { return rb_fiber_transfer(fiber, 0, NULL)
 static int park(rs_sched *s, VALUE target) {
   VALUE me = rb_fiber_current();
   int state = 0;
-  rs_sched_write(s, &s->running, target);
-  rs_sched_write(s, &s->resuming, target);
+  s->sw->running = target;
+  s->sw->resuming = target;
   rb_protect(transfer_to, target, &state);
-  if (s->resuming != me) {
-    VALUE by = s->running;
+  if (s->sw->resuming != me) {
+    VALUE by = s->sw->running;
     if (by != me && by != s->loop_fiber && RTEST(rb_fiber_alive_p(by)))
       rs_op_queue_runnable(s, by)->detached = 1; /* nobody releases it: the loop frees it */
   }
-  s->resuming = Qnil;
-  rs_sched_write(s, &s->running, me);
+  s->sw->resuming = Qnil;
+  s->sw->running = me;
   return state;
 }
 
@@ -350,12 +350,12 @@ void rs_op_resume(rs_sched *s, rs_op *op) {
   }
   /* The op may be released by its fiber from here on: do not touch it. */
   if (NIL_P(fiber) || !RTEST(rb_fiber_alive_p(fiber))) return;
-  rs_sched_write(s, &s->running, fiber);
-  rs_sched_write(s, &s->resuming, fiber);
+  s->sw->running = fiber;
+  s->sw->resuming = fiber;
   if (raise) {
     rb_fiber_raise(fiber, NIL_P(args[1]) ? 1 : 2, args);
   } else {
     rb_fiber_transfer(fiber, 0, NULL);
   }
-  rs_sched_write(s, &s->running, s->loop_fiber);
+  s->sw->running = s->loop_fiber;
 }

@@ -36,11 +36,25 @@ static int mark_fiber_key(st_data_t key, st_data_t val, st_data_t arg) {
   return ST_CONTINUE;
 }
 
+static void switch_mark(void *p) {
+  rs_switch *w = p;
+  rb_gc_mark(w->running);
+  rb_gc_mark(w->resuming);
+}
+
+/* Not WB_PROTECTED, on purpose: see rs_switch in state.h. */
+static const rb_data_type_t switch_type = {
+    "Ringspun::Scheduler switch",
+    {switch_mark, RUBY_TYPED_DEFAULT_FREE, NULL, NULL, {0}},
+    NULL,
+    NULL,
+    RUBY_TYPED_FREE_IMMEDIATELY,
+};
+
 static void sched_mark(void *p) {
   rs_sched *s = p;
   rb_gc_mark(s->loop_fiber);
-  rb_gc_mark(s->running);
-  rb_gc_mark(s->resuming);
+  rb_gc_mark_movable(s->sw_holder);
   rb_gc_mark_movable(s->thread);
   rb_gc_mark_movable(s->pending_error);
   if (s->fibers) st_foreach(s->fibers, mark_fiber_key, 0);
@@ -51,6 +65,7 @@ static void sched_mark(void *p) {
 static void sched_compact(void *p) {
   rs_sched *s = p;
   s->thread = rb_gc_location(s->thread);
+  s->sw_holder = rb_gc_location(s->sw_holder);
   s->pending_error = rb_gc_location(s->pending_error);
   rs_op_pool_each_live(&s->pool, move_op, NULL);
 }
@@ -90,7 +105,10 @@ VALUE rs_sched_alloc(VALUE klass) {
   rs_sched *s;
   VALUE self = TypedData_Make_Struct(klass, rs_sched, &sched_type, s);
   s->self = self;
-  s->loop_fiber = s->running = s->resuming = s->thread = s->pending_error = Qnil;
+  s->loop_fiber = s->thread = s->pending_error = Qnil;
+  VALUE holder = TypedData_Make_Struct(0, rs_switch, &switch_type, s->sw); /* hidden */
+  s->sw->running = s->sw->resuming = Qnil;
+  RB_OBJ_WRITE(self, &s->sw_holder, holder);
   s->generation = fork_generation;
   s->fibers = st_init_numtable();
   s->unblocked = st_init_numtable();
