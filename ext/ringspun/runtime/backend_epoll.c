@@ -1,8 +1,9 @@
 /* epoll backend: the fallback where io_uring cannot be set up. It takes
- * readiness waits (RS_OP_POLL) and timers (RS_OP_TIMER) only; the IO itself
- * is done by the IO layer (io/rw.c) with non-blocking system calls. Timers live in a heap;
- * several fibers may wait on one fd, so each fd keeps its list of waiters and
- * is armed with the union of their events, one-shot. */
+ * readiness waits (RS_OP_POLL) and timers (RS_OP_TIMER) only; the IO
+ * itself is done by the IO layer (io/rw.c) with non-blocking system calls.
+ * Timers live in a heap; several fibers may wait on one fd, so each fd
+ * keeps its list of waiters and is armed with the union of their events,
+ * one-shot. */
 #include "runtime/op.h"
 #include <errno.h>
 #include <limits.h>
