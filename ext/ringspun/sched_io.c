@@ -69,21 +69,33 @@ static span buffer_span(VALUE buffer, size_t offset, int kind) {
   return (span){(char *)base + offset, size - offset};
 }
 
-/* io_read/io_write: at least `want` bytes (bounded by the span), or one
- * attempt when want is 0. A failure after some bytes returns those. */
+/* One transfer: at file offset `at`, or at the file position when at < 0. */
+static ssize_t rw_once(int kind, int fd, char *p, size_t len, int64_t at, VALUE keep) {
+  if (at >= 0) return rs_io_prw_keep(kind, fd, p, len, at, keep);
+  return kind == RS_OP_READ ? rs_io_read_keep(fd, p, len, keep) : rs_io_write_keep(fd, p, len, keep);
+}
+
+/* At least `want` bytes (bounded by the span) for io_read/io_write (at < 0)
+ * and io_pread/io_pwrite. A failure after some bytes returns those. A read
+ * of 0 is the end of input; so is a positional write of 0 (a regular file
+ * has no "not ready" to report). */
+static VALUE rw_at_least(int kind, int fd, span sp, size_t want, int64_t at, VALUE keep) {
+  size_t done = 0;
+  do {
+    ssize_t n = rw_once(kind, fd, sp.base + done, sp.size - done, at < 0 ? -1 : at + (int64_t)done, keep);
+    if (n < 0) return done ? io_result((ssize_t)done) : io_result(n);
+    if (n == 0 && (kind == RS_OP_READ || at >= 0)) break;
+    done += (size_t)n;
+  } while (done < want && done < sp.size);
+  return io_result((ssize_t)done);
+}
+
+/* io_read/io_write: at least `want` bytes, or one attempt when want is 0. */
 static VALUE stream_rw(int kind, VALUE io, VALUE buffer, size_t want, size_t offset) {
   int fd = rs_io_fd(io);
   span sp = buffer_span(buffer, offset, kind);
   if (want == 0) return io_result(rs_io_once(kind, fd, sp.base, sp.size, buffer));
-  size_t done = 0;
-  do {
-    ssize_t n = kind == RS_OP_READ ? rs_io_read_keep(fd, sp.base + done, sp.size - done, buffer)
-                                   : rs_io_write_keep(fd, sp.base + done, sp.size - done, buffer);
-    if (n < 0) return done ? io_result((ssize_t)done) : io_result(n);
-    if (n == 0 && kind == RS_OP_READ) break; /* end of input */
-    done += (size_t)n;
-  } while (done < want && done < sp.size);
-  return io_result((ssize_t)done);
+  return rw_at_least(kind, fd, sp, want, -1, buffer);
 }
 
 #if RS_SCHEDULER_VERSION >= 2
@@ -112,20 +124,14 @@ static VALUE sched_io_write(VALUE self, VALUE io, VALUE buffer, VALUE length) {
 
 #ifdef HAVE_RB_FIBER_SCHEDULER_IO_PREAD_MEMORY
 /* io_pread/io_pwrite: at file offset `from`, at least `length` bytes (one
- * transfer when 0); a regular file has no "not ready" to report. */
+ * transfer when 0). */
 static VALUE positional_rw(int kind, VALUE io, VALUE buffer, VALUE from, VALUE length, VALUE offset) {
   int fd = rs_io_fd(io);
   span sp = buffer_span(buffer, NUM2SIZET(offset), kind);
   int64_t at = NUM2LL(from);
-  size_t want = NUM2SIZET(length), done = 0;
+  size_t want = NUM2SIZET(length);
   if (at < 0) return io_result(-EINVAL);
-  do {
-    ssize_t n = rs_io_prw_keep(kind, fd, sp.base + done, sp.size - done, at + (int64_t)done, buffer);
-    if (n < 0) return done ? io_result((ssize_t)done) : io_result(n);
-    if (n == 0) break; /* end of file (or a zero-length buffer) */
-    done += (size_t)n;
-  } while (done < want && done < sp.size);
-  return io_result((ssize_t)done);
+  return rw_at_least(kind, fd, sp, want, at, buffer);
 }
 
 static VALUE sched_io_pread(VALUE self, VALUE io, VALUE buffer, VALUE from, VALUE length, VALUE offset) {

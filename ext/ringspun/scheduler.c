@@ -15,9 +15,14 @@
 static VALUE cScheduler, cFiber, non_blocking_kw;
 static ID id_new, id_report, id_hook_error_p, id_blocking_pool_iv, id_close;
 
-static void check_parkable(rs_sched *s) {
+/* Open, and serving the current thread (adopting it when it may). */
+static void check_open(rs_sched *s) {
   if (s->closed) rb_raise(rb_eIOError, "ringspun: scheduler is closed");
   rs_sched_bind_thread(s);
+}
+
+static void check_parkable(rs_sched *s) {
+  check_open(s);
   if (rb_fiber_current() == s->loop_fiber) rb_raise(rb_eRuntimeError, "ringspun: the loop fiber cannot wait on itself");
 }
 
@@ -32,7 +37,6 @@ static VALUE sched_initialize(int argc, VALUE *argv, VALUE self) {
   rs_sched *s = rs_sched_get(self);
   rs_sched_write(s, &s->loop_fiber, rb_fiber_current());
   rs_sched_write(s, &s->thread, rb_thread_current());
-  s->sw->running = s->sw->resuming = Qnil;
   rs_sched_start(s, want);
   return self;
 }
@@ -45,8 +49,7 @@ static VALUE sched_backend(VALUE self) { return rs_sched_backend_name(rs_sched_g
  * loop it runs, and a second run would steal the first one's fibers. */
 static VALUE sched_run(VALUE self) {
   rs_sched *s = rs_sched_get(self);
-  if (s->closed) rb_raise(rb_eIOError, "ringspun: scheduler is closed");
-  rs_sched_bind_thread(s);
+  check_open(s);
   if (s->in_run) rb_raise(rb_eRuntimeError, "ringspun: the scheduler's loop is already running");
   if (!rs_fiber_blocking_p(rb_fiber_current()))
     rb_raise(rb_eRuntimeError, "ringspun: Scheduler#run must be called from a blocking fiber, not one it schedules");
@@ -146,8 +149,7 @@ static VALUE fiber_body(RB_BLOCK_CALL_FUNC_ARGLIST(yielded, data)) {
 static VALUE sched_fiber(int argc, VALUE *argv, VALUE self) {
   rs_sched *s = rs_sched_get(self);
   rb_need_block();
-  if (s->closed) rb_raise(rb_eIOError, "ringspun: scheduler is closed");
-  rs_sched_bind_thread(s);
+  check_open(s);
   VALUE data = rb_ary_new_from_args(2, self, rb_block_proc());
   VALUE fiber = rb_funcall_with_block_kw(cFiber, id_new, 1, &non_blocking_kw, rb_proc_new(fiber_body, data),
                                          RB_PASS_KEYWORDS);
@@ -241,15 +243,10 @@ static VALUE sched_timeout_after(VALUE self, VALUE duration, VALUE klass, VALUE 
   rs_op *op = rs_op_new(s, RS_OP_TIMER);
   op->timeout_ns = rs_duration_ns(duration);
   op->action = RS_ACT_RAISE;
-  rs_op_write(op, &op->fiber, rb_fiber_current());
   rs_op_write(op, &op->raise_class, klass);
   rs_op_write(op, &op->raise_message, message);
-  op->waiting = 1;
-  int ret = rs_op_submit(s, op);
-  if (ret < 0) {
-    rs_op_release(s, op);
-    rs_raise_errno(-ret, "timeout_after");
-  }
+  int ret = rs_op_begin(s, op); /* releases op on failure */
+  if (ret < 0) rs_raise_errno(-ret, "timeout_after");
   timeout_args a = {s, op, duration};
   return rb_ensure(timeout_body, (VALUE)&a, timeout_ensure, (VALUE)&a);
 }
@@ -286,9 +283,7 @@ typedef struct fd_cancel {
 static void cancel_on_fd(rs_op *op, void *arg) {
   fd_cancel *c = arg;
   if (op->kind == RS_OP_TIMER || op->kind == RS_OP_READY || op->kind == RS_OP_WORK) return;
-  if (op->fd != c->fd) return;
-  if (!(op->kernel_refs || op->in_backend)) return;
-  rs_op_cancel(c->s, op);
+  if (op->fd == c->fd) rs_op_cancel(c->s, op); /* (only what is in flight) */
 }
 
 /* io_close(fd), Ruby 4.0: called by IO#close once the fibers waiting on

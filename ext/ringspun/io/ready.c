@@ -37,29 +37,38 @@ static int wait_native(rs_sched *s, int fd, short events, int64_t timeout_ns) {
 }
 
 typedef struct poll_args {
-  struct pollfd pfd;
+  struct pollfd *pfds;
+  long n;
   int timeout_ms;
   int ret, err;
 } poll_args;
 
 static void *poll_nogvl(void *p) {
   poll_args *a = p;
-  a->ret = poll(&a->pfd, 1, a->timeout_ms);
+  a->ret = poll(a->pfds, (nfds_t)a->n, a->timeout_ms);
   a->err = errno;
   return NULL;
+}
+
+/* poll(2) with the GVL released: its result, or -errno. */
+static int poll_without_gvl(struct pollfd *pfds, long n, int timeout_ms) {
+  poll_args a = {pfds, n, timeout_ms, 0, 0};
+  rb_thread_call_without_gvl(poll_nogvl, &a, RUBY_UBF_IO, NULL);
+  return a.ret < 0 ? -a.err : a.ret;
 }
 
 static int wait_blocking(int fd, short events, int64_t timeout_ns) {
   uint64_t deadline = timeout_ns >= 0 ? rs_now_ns() + (uint64_t)timeout_ns : 0;
   for (;;) {
-    poll_args a = {.pfd = {.fd = fd, .events = events}, .timeout_ms = -1};
+    struct pollfd pfd = {.fd = fd, .events = events};
+    int timeout_ms = -1;
     if (timeout_ns >= 0) {
       uint64_t now = rs_now_ns();
-      a.timeout_ms = now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
+      timeout_ms = now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
     }
-    rb_thread_call_without_gvl(poll_nogvl, &a, RUBY_UBF_IO, NULL);
-    if (a.ret >= 0) return a.ret == 0 ? 0 : a.pfd.revents;
-    if (a.err != EINTR) return -a.err;
+    int ret = poll_without_gvl(&pfd, 1, timeout_ms);
+    if (ret >= 0) return ret == 0 ? 0 : pfd.revents;
+    if (ret != -EINTR) return ret;
     rb_thread_check_ints();
   }
 }
@@ -155,28 +164,13 @@ static int wait_any_native(rs_sched *s, struct pollfd *pfds, long n, int64_t tim
   return NUM2INT(r);
 }
 
-typedef struct poll_many {
-  struct pollfd *pfds;
-  long n;
-  int timeout_ms;
-  int ret, err;
-} poll_many;
-
-static void *poll_many_nogvl(void *p) {
-  poll_many *a = p;
-  a->ret = poll(a->pfds, (nfds_t)a->n, a->timeout_ms);
-  a->err = errno;
-  return NULL;
-}
-
 int rs_io_wait_any(struct pollfd *pfds, long n, int64_t timeout_ns) {
   rs_sched *s = rs_sched_current();
   if (s) return wait_any_native(s, pfds, n, timeout_ns);
   /* Without a Ringspun scheduler: poll(2) with the GVL released. */
-  poll_many a = {pfds, n, timeout_ns < 0 ? -1 : (int)((timeout_ns + 999999) / 1000000), 0, 0};
-  rb_thread_call_without_gvl(poll_many_nogvl, &a, RUBY_UBF_IO, NULL);
-  if (a.ret < 0) return a.err == EINTR ? 0 : -a.err;
-  return a.ret > 0;
+  int ret = poll_without_gvl(pfds, n, timeout_ns < 0 ? -1 : (int)((timeout_ns + 999999) / 1000000));
+  if (ret < 0) return ret == -EINTR ? 0 : ret;
+  return ret > 0;
 }
 
 /* ---- splice, tee, sendfile ------------------------------------------------------ */

@@ -194,7 +194,6 @@ int64_t rs_move_buffered(VALUE src, int out, size_t max, const char *call) {
   return (int64_t)total;
 }
 
-
 rs_buf_pool *rs_current_pool(void) {
   rs_sched *s = rs_sched_current();
   return s ? &s->bufs : rs_buf_pool_thread();

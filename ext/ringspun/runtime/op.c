@@ -184,7 +184,8 @@ const rs_backend_sink rs_op_sink = {sink_complete, op_unref};
 
 /* ---- submission and cancellation -------------------------------------------------------- */
 
-int rs_op_submit(rs_sched *s, rs_op *op) {
+/* Hands op to its backend or the worker pool: -errno. */
+static int op_submit(rs_sched *s, rs_op *op) {
   int ret = 0;
   if (op->kind == RS_OP_WORK) {
     ret = rs_work_submit(&s->work, &s->backend, &op->own.job);
@@ -280,23 +281,22 @@ static void op_abort(rs_sched *s, rs_op *op, int state) {
   rb_jump_tag(state);
 }
 
-/* Makes op the current fiber's and submits it; on failure releases it. */
-static int op_begin(rs_sched *s, rs_op *op) {
+int rs_op_begin(rs_sched *s, rs_op *op) {
   rs_op_write(op, &op->fiber, rb_fiber_current());
   op->waiting = 1;
-  int ret = rs_op_submit(s, op);
+  int ret = op_submit(s, op);
   if (ret < 0) rs_op_release(s, op);
   return ret;
 }
 
 int rs_op_start(rs_sched *s, rs_op *op) {
-  int ret = op_begin(s, op);
+  int ret = rs_op_begin(s, op);
   if (ret == 0 && s->backend.ops->flush) s->backend.ops->flush(&s->backend);
   return ret;
 }
 
 int rs_op_await(rs_sched *s, rs_op *op) {
-  int ret = op_begin(s, op);
+  int ret = rs_op_begin(s, op);
   return ret < 0 ? ret : rs_op_wait(s, op);
 }
 

@@ -86,8 +86,9 @@ rs_op *rs_op_new(rs_sched *s, int kind);
 /* Stores a VALUE in one of op's VALUE fields, with the write barrier the
  * scheduler object needs (it marks them). */
 void rs_op_write(rs_op *op, VALUE *field, VALUE v);
-/* Hands op to its backend or the worker pool, without parking: -errno. */
-int rs_op_submit(rs_sched *s, rs_op *op);
+/* Makes op the current fiber's and submits it, without parking (a
+ * timeout_after timer); on failure releases it and returns -errno. */
+int rs_op_begin(rs_sched *s, rs_op *op);
 /* Submits op, parks the current fiber until it completes, returns
  * op->result (or -errno from submission). On interruption cancels it (and
  * waits for the kernel when `keep` is set), releases it and re-raises. The
