@@ -293,7 +293,7 @@ module SchedulerContract
     result = run_rs do
       seen = {}
       done = Queue.new
-      reader = Ringspun.spin do
+      reader = Fiber.schedule do
         r.read(1)
         seen[:reader] = :read_returned
       rescue MyError => e
@@ -301,7 +301,7 @@ module SchedulerContract
       ensure
         done << :reader
       end
-      Ringspun.spin do
+      Fiber.schedule do
         reader.raise(MyError, "wake up")
         seen[:raiser] = :continued
       ensure
@@ -323,12 +323,12 @@ module SchedulerContract
     r, w = IO.pipe
     result = run_rs do
       caught = Queue.new
-      reader = Ringspun.spin do
+      reader = Fiber.schedule do
         r.readpartial(10)
       rescue MyError => e
         caught << [:reader, e.message]
       end
-      sleeper = Ringspun.spin do
+      sleeper = Fiber.schedule do
         sleep 10
       rescue MyError => e
         caught << [:sleeper, e.message]
@@ -350,7 +350,7 @@ module SchedulerContract
     result = run_rs do
       log = []
       q = Queue.new
-      waiter = Ringspun.spin do
+      waiter = Fiber.schedule do
         log << [:got, q.pop]
       rescue MyError
         log << :raised
@@ -368,7 +368,7 @@ module SchedulerContract
   def test_every_kind_of_wait_can_be_interrupted
     result = run_rs do
       out = {}
-      sleeper = Ringspun.spin do
+      sleeper = Fiber.schedule do
         sleep
       rescue MyError
         out[:sleep_forever] = :raised

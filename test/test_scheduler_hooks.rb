@@ -42,7 +42,7 @@ module SchedulerHooksContract
 
   def go(&block)
     job = Job.new
-    job.fiber = Ringspun.spin do
+    job.fiber = Fiber.schedule do
       job.result = block.call
     rescue Exception => e # rubocop:disable Lint/RescueException -- re-raised by #value
       job.error = e
@@ -84,7 +84,7 @@ module SchedulerHooksContract
   def test_io_read_hook_waits_for_the_minimum_length
     run_rs do
       r, w = IO.pipe
-      Ringspun.spin do
+      Fiber.schedule do
         3.times do |i|
           sleep 0.002
           w.write("ab#{i}")
@@ -143,7 +143,7 @@ module SchedulerHooksContract
       a, b = UNIXSocket.pair
       r, w = IO.pipe
       result, ticks = with_ticker do
-        Ringspun.spin do
+        Fiber.schedule do
           sleep 0.03
           b.write("x")
         end
@@ -232,7 +232,7 @@ module SchedulerHooksContract
     run_rs do
       a, b = UNIXSocket.pair
       got = nil
-      reader = Ringspun.spin do
+      reader = Fiber.schedule do
         a.readpartial(10)
       rescue IOError => e
         got = e
@@ -252,7 +252,7 @@ module SchedulerHooksContract
 
   def test_fiber_interrupt_argument_checks_and_dead_fibers
     run_rs do
-      done = Ringspun.spin { :ok }
+      done = Fiber.schedule { :ok }
       assert_nil scheduler.fiber_interrupt(done, IOError.new("x"))
       assert_raises(TypeError) { scheduler.fiber_interrupt(Fiber.current, "not an exception") }
       assert_raises(IOError) { scheduler.fiber_interrupt(Fiber.current, IOError.new("myself")) }
@@ -265,7 +265,7 @@ module SchedulerHooksContract
       fd = r.fileno
       raw = IO.for_fd(fd, autoclose: false)
       result = nil
-      reader = Ringspun.spin do
+      reader = Fiber.schedule do
         result = begin
           raw.wait_readable ? :woke : :none
         rescue SystemCallError, IOError => e
@@ -298,12 +298,12 @@ module SchedulerHooksContract
   def test_yield_lets_the_runnable_fibers_go_first
     run_rs do
       order = []
-      Ringspun.spin do
+      Fiber.schedule do
         order << :a1
         scheduler.yield
         order << :a2
       end
-      Ringspun.spin { order << :b }
+      Fiber.schedule { order << :b }
       sleep 0.005
       assert_equal %i[a1 b a2], order
       assert_nil scheduler.yield, "from the run's main fiber nothing to give way to"
@@ -328,7 +328,7 @@ module SchedulerHooksContract
         [a, b].each { |s| s.nonblock = false }
         assert_equal [false, false], [a.nonblock?, b.nonblock?], "both ends blocking fds"
         reader = go { a.read(5) }
-        Ringspun.spin do
+        Fiber.schedule do
           sleep 0.05
           b.write("hello")
         end
@@ -345,7 +345,7 @@ module SchedulerHooksContract
   def test_a_wake_up_before_the_wait_is_not_lost
     run_rs do
       me = nil
-      f = Ringspun.spin do
+      f = Fiber.schedule do
         me = Fiber.current
         Fiber.scheduler.block(:test, nil) # unblocked already: returns at once
       end
@@ -357,7 +357,7 @@ module SchedulerHooksContract
       # ...and unblock one that has not reached block yet.
       g = nil
       result = nil
-      g = Ringspun.spin do
+      g = Fiber.schedule do
         scheduler.unblock(:test, Fiber.current)
         result = scheduler.block(:test, 5)
       end
@@ -430,7 +430,7 @@ module SchedulerHooksContract
           super(duration)
         end
       end)
-      Ringspun.spin do
+      Fiber.schedule do
         10.times do
           mutex.synchronize do
             condition.wait(mutex)
@@ -452,7 +452,7 @@ module SchedulerHooksContract
         def (Fiber.scheduler).kernel_sleep(_duration = nil)
           raise "Broken sleep!"
         end
-        Ringspun.spin { sleep 0 }
+        Fiber.schedule { sleep 0 }
       end
     end
     error = assert_raises(RuntimeError) { thread.join }
@@ -462,7 +462,7 @@ module SchedulerHooksContract
   def test_an_error_of_a_fibers_own_code_is_still_reported
     _, err = capture_io do
       run_rs do
-        Ringspun.spin { raise ArgumentError, "the fiber's own" }
+        Fiber.schedule { raise ArgumentError, "the fiber's own" }
         :survived
       end
     end

@@ -37,15 +37,6 @@ module SpliceContract
     scheduled? ? Ringspun.spin(&block) : Thread.new(&block)
   end
 
-  # Waits for what #article_spin started: a thread is joined, a fiber waited
-  # for. (Its pipe is closed already, but on Ruby 3.4 the close may not have
-  # returned yet: it is blocking work, handed to blocking_operation_wait.)
-  def article_join(handle)
-    return handle.join if handle.is_a?(Thread)
-
-    sleep 0.001 while handle.alive?
-  end
-
   # ---- file to socket ---------------------------------------------------------------------
 
   # Opens the file at `path` and hands it, with one end of a fresh `kind`
@@ -408,7 +399,7 @@ module SpliceContract
         pipe.close
       end
       moved = IO.splice(pipe, a, -2**14)
-      article_join(spun)
+      spun.value # a Task or a Thread: waits for it, re-raises its error
       a.close_write
       assert_equal data.bytesize, filled
       assert_equal data.bytesize, moved

@@ -89,6 +89,15 @@ module Ringspun
   #   Fiber::Scheduler hook: starts a non-blocking fiber at once.
   #   @return [Fiber]
   class Scheduler
+    # The {Task}s started on this scheduler that have not ended, for
+    # +Ringspun.run(tasks: :stop)+.
+    #
+    # @api private
+    # @return [Hash{Task => true}]
+    def live_tasks
+      @live_tasks ||= {}.compare_by_identity
+    end
+
     # Waits for a child process without blocking other fibers.
     #
     # @param pid [Integer] as for Process.wait
