@@ -285,6 +285,26 @@ module TaskContract
     close_all(r, w)
   end
 
+  def test_stop_and_raise_a_task_that_waits_for_another
+    in_mode do
+      long = Ringspun.spin { sleep 0.1; :long }
+      waiter = Ringspun.spin { long.value }
+      timed = Ringspun.spin do
+        long.join(5)
+      rescue RingspunTest::MyError => e
+        [:raised, e.message]
+      end
+      sleep 0.005
+      waiter.stop
+      timed.raise(RingspunTest::MyError, "in join")
+      assert_nil waiter.value
+      assert_equal [:raised, "in join"], timed.value
+      assert long.alive?
+      assert_equal :long, long.value
+      assert_equal [:long, :long], [Ringspun.spin { long.value }.value, long.join(0)]
+    end
+  end
+
   # ---- deadlines ----------------------------------------------------------------------------
 
   def test_timeout_returns_the_block_value_or_raises_timeout_error

@@ -38,9 +38,11 @@ module Ringspun
       @block = block
       @state = nil # :value, :error or :stopped once the task has ended
       @result = nil
-      @waiters = 0
-      @lock = Thread::Mutex.new
-      @ended = Thread::ConditionVariable.new
+      # Closed when the task ends. Waiters pop it: Thread::Queue is the one
+      # waiting place Ruby makes safe across threads and fibers, and against
+      # an exception raised into the waiter (a ConditionVariable under a
+      # Ruby 3.1 scheduler leaves its mutex unlocked when the wait raises).
+      @done = Thread::Queue.new
     end
 
     # @api private
@@ -139,12 +141,11 @@ module Ringspun
 
     # Records the end and wakes the waiters; true when there were any.
     def finish(state, result)
-      @lock.synchronize do
-        @result = result
-        @state = state
-        @ended.broadcast
-        @waiters.positive?
-      end
+      @result = result
+      @state = state
+      waited = @done.num_waiting.positive?
+      @done.close
+      waited
     end
 
     # Parks the caller (fiber or thread) until the task ends; false when
@@ -152,24 +153,19 @@ module Ringspun
     def wait_for_end(timeout)
       Kernel.raise FiberError, "a task cannot wait for itself" if Fiber.current.equal?(@fiber)
 
-      deadline = timeout && (clock + timeout)
-      @lock.synchronize do
-        @waiters += 1
-        until ended?
-          left = deadline && (deadline - clock)
-          return false if left && left <= 0
-
-          @ended.wait(@lock, left)
-        end
-        true
-      ensure
-        @waiters -= 1
+      if timeout.nil?
+        @done.pop
+      elsif POP_TIMEOUT
+        @done.pop(timeout: [timeout, 0].max)
+      else
+        Ringspun.move_on_after(timeout) { @done.pop } if timeout.positive?
       end
+      ended?
     end
 
-    def clock
-      Process.clock_gettime(Process::CLOCK_MONOTONIC)
-    end
+    # Queue#pop takes a timeout from Ruby 3.2 on.
+    POP_TIMEOUT = Thread::Queue.instance_method(:pop).parameters.include?(%i[key timeout])
+    private_constant :POP_TIMEOUT
 
     # Raises +exception+ in the task's fiber: in place when it is the current
     # one; queued through the scheduler's fiber_interrupt (safe from any
