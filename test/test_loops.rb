@@ -19,8 +19,11 @@ module LoopsContract
   PIECES = [1, 2, 3, 7, 64, 100, 1000, 4095, 4096, 4097, 65_535, 65_536, 65_537, 131_072, 5].freeze
 
   # Which loops each kind of stream is read with.
-  LOOPS = { pipe: %i[read_loop feed_loop], unix: %i[read_loop recv_loop feed_loop],
-            tcp: %i[read_loop recv_loop feed_loop] }.freeze
+  # A loop named with _reuse yields one reused String (read_loop's buffer
+  # argument, feed_loop's default), which the test's block copies.
+  LOOPS = { pipe: %i[read_loop feed_loop read_loop_reuse feed_loop_reuse],
+            unix: %i[read_loop recv_loop feed_loop read_loop_reuse recv_loop_reuse feed_loop_reuse],
+            tcp: %i[read_loop recv_loop feed_loop read_loop_reuse recv_loop_reuse feed_loop_reuse] }.freeze
 
   # A feed_loop receiver whose method hands each chunk to the block given
   # to feed_loop, so a feed_loop test reads like a read_loop one.
@@ -40,13 +43,35 @@ module LoopsContract
   # ---- helpers -----------------------------------------------------------------
 
   # Runs the loop `meth` over io with the block; maxlen nil means the default.
+  # A _reuse loop hands the block a copy of each chunk, and checks that
+  # every chunk was the one reused binary String.
   def loop_over(io, meth, maxlen = nil, &block)
     case meth
     when :read_loop, :recv_loop
       maxlen ? io.public_send(meth, maxlen, &block) : io.public_send(meth, &block)
     when :feed_loop
-      maxlen ? io.feed_loop(Forwarder.new, :push, maxlen: maxlen, &block) : io.feed_loop(Forwarder.new, :push, &block)
+      opts = { reuse: false, maxlen: maxlen }.compact
+      io.feed_loop(Forwarder.new, :push, **opts, &block)
+    when :read_loop_reuse, :recv_loop_reuse, :feed_loop_reuse then loop_reusing(io, meth, maxlen, &block)
     else raise ArgumentError, meth.inspect
+    end
+  end
+
+  def loop_reusing(io, meth, maxlen, &block)
+    buffer = +"the caller's buffer"
+    seen = nil
+    copying = proc do |c|
+      seen ||= c
+      assert_same seen, c, "#{meth}: the same String every time"
+      assert_equal Encoding::ASCII_8BIT, c.encoding
+      block.call(c.dup)
+    end
+    if meth == :feed_loop_reuse
+      io.feed_loop(Forwarder.new, :push, **{ maxlen: maxlen }.compact, &copying)
+    else
+      ret = io.public_send(meth.to_s.delete_suffix("_reuse"), maxlen || 65_536, buffer, &copying)
+      assert_same buffer, seen if seen
+      ret
     end
   end
 
@@ -243,7 +268,7 @@ module LoopsContract
           w.close
           got = []
           e = assert_raises(Errno::ECONNRESET) { loop_over(r, meth) { |c| got << c } }
-          assert_includes e.message, meth.to_s
+          assert_includes e.message, meth.to_s.delete_suffix("_reuse")
           assert_equal ["abc"], got
           assert_no_pending_operations
         end
@@ -307,7 +332,7 @@ module LoopsContract
       SP.with_pair(:unix) do |r, w|
         writer = go { SP.trickle(w, src, PIECES) }
         chunks = []
-        assert_same r, r.feed_loop(->(c) { chunks << c })
+        assert_same r, r.feed_loop(->(c) { chunks << c }, reuse: false)
         writer.value
         assert_chunks chunks, src, 65_536
       end
@@ -321,10 +346,68 @@ module LoopsContract
         writer = go { SP.trickle(w, src, [7000, 13_000]) }
         fwd = Forwarder.new
         chunks = []
-        assert_same r, r.feed_loop(fwd, "push", maxlen: 512) { |c| chunks << c }
+        assert_same r, r.feed_loop(fwd, "push", maxlen: 512) { |c| chunks << c.dup }
         writer.value
         assert_equal chunks.size, fwd.calls
         assert_chunks chunks, src, 512
+      end
+    end
+  end
+
+  # ---- one reused String --------------------------------------------------------------
+
+  # The block gets the caller's String each time, overwritten by the next
+  # read; a reference the block keeps sees the last chunk, never freed
+  # memory; a copy it made (even a shared one: String#dup) keeps its bytes.
+  def test_read_loop_reuses_the_buffer_given_and_overwrites_it
+    src = SP.bytes(300_000, 23)
+    in_mode do
+      SP.with_pair(:unix) do |r, w|
+        writer = go { SP.trickle(w, src, [70_000, 5000, 100_000, 1]) }
+        buffer = +"caller's"
+        kept = nil
+        copies = []
+        overwritten = []
+        assert_same r, r.read_loop(65_536, buffer) { |c|
+          kept ||= c
+          overwritten << (kept == c)
+          copies << c.dup
+        }
+        writer.value
+        assert_same buffer, kept
+        assert_equal Encoding::ASCII_8BIT, buffer.encoding
+        assert overwritten.all?, "a reference kept from the first chunk holds the current one"
+        assert_equal "", kept, "at the end of input the buffer is empty, as read(n, buf) leaves it"
+        assert_same_bytes src, copies.join
+        assert_operator copies.size, :>, 1
+      end
+    end
+  end
+
+  def test_feed_loop_reuses_one_string_unless_told_not_to
+    in_mode do
+      [[{}, 1], [{ reuse: true }, 1], [{ reuse: false }, 3]].each do |opts, strings|
+        SP.with_pair(:pipe) do |r, w|
+          writer = go { SP.trickle(w, "a" * 30, [10], pause: 0.002) }
+          ids = []
+          r.feed_loop(->(c) { ids << c.object_id }, maxlen: 10, **opts)
+          writer.value
+          assert_equal [3, strings], [ids.size, ids.uniq.size], opts.inspect
+        end
+      end
+    end
+  end
+
+  def test_the_reused_buffer_must_be_a_writable_string
+    in_mode do
+      SP.with_pair(:pipe) do |r, w|
+        w.write("abc")
+        assert_raises(FrozenError) { r.read_loop(10, "frozen".freeze) { flunk "yielded" } }
+        assert_raises(TypeError) { r.read_loop(10, 42) { flunk "yielded" } }
+        # Frozen by the block: the next read refuses to overwrite it.
+        w.close
+        assert_raises(FrozenError) { r.read_loop(1, +"") { |c| c.freeze } }
+        assert_equal "bc", r.read
       end
     end
   end

@@ -116,23 +116,40 @@ class IO
   #   @raise [Ringspun::HTTP1::ParseError] malformed framing, with its byte offset
   #   @raise [EOFError] the input ends inside the body
 
-  # @!method read_loop(maxlen = 65536)
-  #   Reads until end of input, yielding each chunk as a new binary String.
-  #   Under Ringspun.run on io_uring the next read is in flight while the
-  #   block runs; on break or an exception, bytes read ahead go back into
-  #   this IO's buffer, so a following #read sees them.
+  # @!method read_loop(maxlen = 65536, buffer = nil)
+  #   Reads until end of input, yielding each chunk as a binary String read
+  #   straight into it (no copy), the bytes Ruby already buffered for this
+  #   IO (after a +gets+, say) first.
+  #
+  #   Without +buffer+ each chunk is a new String the block may keep. With a
+  #   +buffer+ (a String; it is made binary) every chunk is that one String,
+  #   overwritten by the next read, as +readpartial(maxlen, buffer)+ reuses
+  #   its buffer: it is valid only inside the block, so copy what must
+  #   outlive it (+chunk.dup+ is such a copy: it keeps its bytes). At the
+  #   end of input the buffer is left empty. Reusing saves a String and its
+  #   memory per chunk.
   #   @param maxlen [Integer] the largest chunk
+  #   @param buffer [String, nil] a String to reuse for every chunk
   #   @yieldparam data [String] ASCII-8BIT
   #   @return [IO] self
+  #   @raise [FrozenError] +buffer+ is frozen (or the block froze it)
+  #   @raise [SystemCallError] the failing read's Errno, naming read_loop
 
-  # @!method feed_loop(receiver, method = :call, maxlen: 65536, &block)
+  # @!method feed_loop(receiver, method = :call, maxlen: 65536, reuse: true, &block)
   #   For each chunk read until end of input, calls
   #   receiver.public_send(method, chunk, &block): for example
   #   io.feed_loop(MessagePack::Unpacker.new, :feed_each) { |obj| ... }.
-  #   On a socket under io_uring it receives with multishot receive.
+  #
+  #   A parser copies or consumes what it is fed (MessagePack::Unpacker#feed,
+  #   Zlib::Inflate#<<, an HTTP parser's <<), so by default every chunk is
+  #   one reused String, overwritten by the next read, as with
+  #   {#read_loop}'s buffer. A receiver that keeps the Strings it is given
+  #   (an Array's <<) needs +reuse: false+: a new String per chunk. On a
+  #   socket under io_uring it receives with multishot receive.
   #   @param receiver [Object]
   #   @param method [Symbol]
   #   @param maxlen [Integer] the largest chunk
+  #   @param reuse [Boolean] one reused String (true) or a new one per chunk
   #   @return [IO] self
 
   # Splices from +src+ into this IO: IO.splice(src, self, maxlen).
@@ -160,11 +177,14 @@ class IO
 end
 
 class BasicSocket
-  # @!method recv_loop(maxlen = 65536)
+  # @!method recv_loop(maxlen = 65536, buffer = nil)
   #   IO#read_loop for sockets: under Ringspun.run on io_uring (kernel 6.0+)
   #   it uses multishot receive into a bounded, shared buffer ring, so a slow
-  #   consumer makes the kernel stop rather than queue.
+  #   consumer makes the kernel stop rather than queue (each chunk is then
+  #   copied out of the ring into the String). +buffer+ as for
+  #   {IO#read_loop}.
   #   @param maxlen [Integer] the largest chunk
+  #   @param buffer [String, nil] a String to reuse for every chunk
   #   @yieldparam data [String] ASCII-8BIT
   #   @return [BasicSocket] self
 end
