@@ -241,31 +241,3 @@ Bench.define(:read_loop) do
     Bench::ReadLoop.measure_c(params, meter, %w[fresh 256])
   end
 end
-
-Bench.define(:read_loop_pipe) do
-  title "read a stream to its end in 64 KiB chunks from a pipe"
-  about <<~MD
-    As *read_loop*, from a pipe (the default 64 KiB of pipe buffer) a forked process writes
-    `mib` MiB into.
-  MD
-  metric "MiB/s"
-  bytes_per_unit 1024 * 1024
-  sizes quick: { mib: 256 }, full: { mib: 1024 }
-  reference :readpartial
-
-  Bench::ReadLoop.define_common(self, :pipe)
-end
-
-Bench.define(:read_loop_file) do
-  title "read a file to its end in 64 KiB chunks (page cache)"
-  about <<~MD
-    As *read_loop*, from a `mib` MiB file written once under `bench/out/data/` and read from
-    the page cache.
-  MD
-  metric "MiB/s"
-  bytes_per_unit 1024 * 1024
-  sizes quick: { mib: 512 }, full: { mib: 2048 }
-  reference :readpartial
-
-  Bench::ReadLoop.define_common(self, :file)
-end
