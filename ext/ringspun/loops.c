@@ -32,6 +32,9 @@ typedef struct loop_args {
   ID method;
   VALUE block;
   const char *name;
+  /* a read that completed as an exception struck: its bytes, given back */
+  VALUE reading;
+  ssize_t salvaged;
   /* multishot receive (sockets under io_uring) */
   bool multishot;
   bool reader_ready;
@@ -73,7 +76,9 @@ static VALUE next_buffered(loop_args *a) {
 /* The next chunk read straight from the fd; Qnil at end of input. */
 static VALUE next_direct(loop_args *a) {
   VALUE str = target(a);
-  ssize_t n = rs_io_read_keep(a->fd, RSTRING_PTR(str), (size_t)a->maxlen, str);
+  a->reading = str;
+  ssize_t n = rs_io_read_salvage(a->fd, RSTRING_PTR(str), (size_t)a->maxlen, str, &a->salvaged);
+  a->reading = Qnil;
   if (n <= 0) {
     rb_str_set_len(str, 0); /* a reused buffer ends empty, as read(n, buf) leaves it at EOF */
     if (n < 0) rs_raise_errno((int)-n, a->name);
@@ -114,6 +119,8 @@ static VALUE loop_body(VALUE p) {
 static VALUE loop_ensure(VALUE p) {
   loop_args *a = (loop_args *)p;
   if (a->reader_ready) rs_reader_cleanup(&a->r, a->io);
+  /* A Timeout struck as a read completed: the next read of the IO gets them. */
+  if (a->salvaged > 0) rs_io_unread(a->io, RSTRING_PTR(a->reading), a->salvaged);
   return Qnil;
 }
 
@@ -135,6 +142,7 @@ static VALUE run_loop(loop_args *a, long maxlen, bool socket_loop) {
   GetOpenFile(a->io, fptr);
   rb_io_check_readable(fptr);
   a->fd = rb_io_descriptor(a->io);
+  a->reading = Qnil;
   a->maxlen = maxlen;
   if (!NIL_P(a->buffer)) rb_enc_associate(a->buffer, rb_ascii8bit_encoding());
   a->multishot = socket_loop;

@@ -81,6 +81,11 @@ bool rs_fd_ready(int fd, short events);
  * Returns bytes moved (0: end of input) or -errno. */
 ssize_t rs_io_read_keep(int fd, void *buf, size_t len, VALUE keep);
 ssize_t rs_io_write_keep(int fd, const void *buf, size_t len, VALUE keep);
+/* rs_io_read_keep for a reader that must lose no byte to an exception (a
+ * Timeout): on io_uring, a read that completed as its wait was interrupted
+ * sets *salvaged to its count (the bytes are in buf) before the exception
+ * goes on; elsewhere the exception can only come before the read. */
+ssize_t rs_io_read_salvage(int fd, void *buf, size_t len, VALUE keep, ssize_t *salvaged);
 /* One attempt that does not wait for readiness: bytes moved or -errno,
  * -EAGAIN when the fd is not ready (the caller waits as it likes). */
 ssize_t rs_io_once(int kind, int fd, void *buf, size_t len, VALUE keep);

@@ -141,6 +141,33 @@ ssize_t rs_io_read_keep(int fd, void *buf, size_t len, VALUE keep) {
   return s ? native_rw(s, RS_OP_READ, fd, buf, len, -1, keep) : ready_rw(RS_OP_READ, fd, buf, len);
 }
 
+ssize_t rs_io_read_salvage(int fd, void *buf, size_t len, VALUE keep, ssize_t *salvaged) {
+  rs_sched *s = native_sched();
+  if (!s) return ready_rw(RS_OP_READ, fd, buf, len); /* an exception comes only while it waits */
+  ssize_t quick = try_nowait(RS_OP_READ, fd, buf, len);
+  if (quick != -EAGAIN) return quick;
+  for (;;) {
+    rs_op *op = rs_op_new(s, RS_OP_READ);
+    op->fd = fd;
+    op->buf = buf;
+    op->len = len > 0x7ffff000 ? 0x7ffff000 : len;
+    op->off = -1;
+    rs_op_write(op, &op->keep, keep);
+    int ret = rs_op_begin(s, op); /* releases op on failure */
+    if (ret < 0) return ret;
+    int result = 0;
+    int state = rs_op_wait_salvage(s, op, &result);
+    rs_op_release(s, op);
+    if (state) {
+      *salvaged = result > 0 ? result : 0;
+      rb_jump_tag(state);
+    }
+    if (result != -EAGAIN) return result;
+    ret = rs_io_wait_fd(fd, POLLIN, -1); /* the fd is O_NONBLOCK: wait, then again */
+    if (ret < 0) return ret;
+  }
+}
+
 ssize_t rs_io_write_keep(int fd, const void *buf, size_t len, VALUE keep) {
   rs_sched *s = native_sched();
   void *p = (void *)buf; /* the kernel only reads it */
