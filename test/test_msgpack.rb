@@ -810,6 +810,55 @@ module MsgpackContract
     end
   end
 
+  # msgpack_each caches map keys (256 slots by their bytes, keys up to 64
+  # bytes): a hit must give what a miss makes, whatever collides or moves.
+  def test_repeated_and_colliding_map_keys_decode_as_on_a_miss
+    long = "k" * 65
+    objs = Array.new(3000) do |i|
+      { "id" => i, "k#{i % 700}" => i, long => true, "" => nil, "\u00e9t\u00e9" => "x", "k#{(i * 7) % 700}" => -i }
+    end
+    in_mode do
+      SP.with_pair(:unix) do |r, w|
+        writer = go { SP.trickle(w, objs.map { |o| MP.pack(o) }.join.b, [4000, 1]) }
+        got = []
+        r.msgpack_each do |o|
+          GC.compact if (got.size % 1000).zero?
+          got << o
+        end
+        writer.value
+        assert_objects objs, got
+        got.each_slice(37).map(&:first).each do |h|
+          h.each_key do |k|
+            assert_predicate k, :frozen?
+            assert_equal Encoding::UTF_8, k.encoding
+          end
+          assert_same(-"id", h.keys.first)
+        end
+      end
+      SP.with_pair(:unix) do |r, w|
+        writer = go { SP.trickle(w, objs.map { |o| MP.pack(o) }.join.b, [4000, 1]) }
+        got = read_all(r, symbolize_keys: true)
+        writer.value
+        assert_objects objs, got, symbolize_keys: true
+        assert_equal [:id, :k699, long.to_sym, :"", :"\u00e9t\u00e9"], got[699].keys.first(5)
+      end
+    end
+  end
+
+  def test_a_key_of_invalid_utf8_under_symbolize_keys_raises_encoding_error_after_cached_keys
+    bad = unhex("81a2ff00") + unhex("01") # {"\xff\x00" => 1}
+    bytes = MP.pack({ "a" => 1 }) * 3 + bad
+    in_mode do
+      SP.with_pair(:unix) do |r, w|
+        w.write(bytes)
+        w.close
+        got = []
+        assert_raises(EncodingError) { r.msgpack_each(symbolize_keys: true) { |o| got << o } }
+        assert_equal [{ a: 1 }] * 3, got
+      end
+    end
+  end
+
   def test_without_a_block_msgpack_each_returns_an_enumerator
     in_mode do
       SP.with_pair(:pipe) do |r, w|

@@ -21,15 +21,57 @@ static VALUE mMessagePack, cExtensionValue, eMalformed, eUnknownExt, eStackError
 
 typedef struct mp_opts {
   bool symbolize_keys, freeze, allow_unknown_ext;
+  VALUE keys; /* a key cache (below) or Qnil */
 } mp_opts;
 
 /* ---- msgpack_object -> VALUE ------------------------------------------------------ */
 
 static VALUE to_ruby(const msgpack_object *o, const mp_opts *opts, bool is_key);
 
+/* A stream's map keys repeat from one message to the next. Turning their
+ * bytes into a frozen String costs rb_enc_interned_str a hash, a probe of
+ * Ruby's fstring table and encoding checks, about 700 instructions a key on
+ * Ruby 3.1 (and an extra String for a Symbol). So msgpack_each keeps the
+ * keys it made in a small direct-mapped cache: a hidden Array whose slot i
+ * holds a key's frozen String (to compare bytes with) and slot
+ * KEY_SLOTS + i the key itself (the same String, or its Symbol). Reading
+ * through the Array keeps the keys alive and lets compaction move them.
+ * A hit gives the very object a miss would have made. */
+#define KEY_SLOTS 256
+#define KEY_MAX_LEN 64 /* longer keys are rare and costly to compare */
+
+static VALUE key_cache_new(void) {
+  VALUE a = rb_ary_tmp_new(2 * KEY_SLOTS);
+  rb_ary_store(a, 2 * KEY_SLOTS - 1, Qnil); /* fills every slot with nil */
+  return a;
+}
+
+static long key_slot(const char *p, size_t n) {
+  uint32_t h = 2166136261u; /* FNV-1a */
+  for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 16777619u;
+  return (long)((h ^ (h >> 15)) & (KEY_SLOTS - 1));
+}
+
+static VALUE make_key(const char *p, size_t n, const mp_opts *opts) {
+  if (opts->symbolize_keys) return rb_str_intern(rb_utf8_str_new(p, (long)n));
+  return rb_enc_interned_str(p, (long)n, rb_utf8_encoding());
+}
+
+static VALUE str_key(const char *p, size_t n, const mp_opts *opts) {
+  VALUE cache = opts->keys;
+  if (NIL_P(cache) || n > KEY_MAX_LEN) return make_key(p, n, opts);
+  long i = key_slot(p, n);
+  VALUE s = RARRAY_AREF(cache, i);
+  if (!NIL_P(s) && (size_t)RSTRING_LEN(s) == n && memcmp(RSTRING_PTR(s), p, n) == 0)
+    return RARRAY_AREF(cache, KEY_SLOTS + i);
+  VALUE key = make_key(p, n, opts); /* may raise (a Symbol from invalid UTF-8): the slot stays as it was */
+  rb_ary_store(cache, i, opts->symbolize_keys ? rb_enc_interned_str(p, (long)n, rb_utf8_encoding()) : key);
+  rb_ary_store(cache, KEY_SLOTS + i, key);
+  return key;
+}
+
 static VALUE str_value(const msgpack_object_str *s, const mp_opts *opts, bool is_key) {
-  if (is_key && opts->symbolize_keys) return rb_str_intern(rb_utf8_str_new(s->ptr, s->size));
-  if (is_key) return rb_enc_interned_str(s->ptr, s->size, rb_utf8_encoding());
+  if (is_key) return str_key(s->ptr, s->size, opts);
   VALUE v = rb_utf8_str_new(s->ptr, s->size);
   return opts->freeze ? rb_obj_freeze(v) : v;
 }
@@ -213,7 +255,7 @@ static VALUE stream_ensure(VALUE p) {
 }
 
 static mp_opts parse_opts(VALUE hash) {
-  mp_opts o = {false, false, false};
+  mp_opts o = {false, false, false, Qnil};
   if (NIL_P(hash)) return o;
   ID keys[3] = {rb_intern("symbolize_keys"), rb_intern("freeze"), rb_intern("allow_unknown_ext")};
   VALUE vals[3];
@@ -233,6 +275,7 @@ static VALUE io_msgpack_each_native(int argc, VALUE *argv, VALUE self) {
   mp_stream m;
   memset(&m, 0, sizeof(m));
   m.opts = parse_opts(opts);
+  m.opts.keys = key_cache_new(); /* on this stack, in m: marked and pinned while we run */
   m.io = self;
   rb_io_t *fptr;
   GetOpenFile(self, fptr);
@@ -243,7 +286,9 @@ static VALUE io_msgpack_each_native(int argc, VALUE *argv, VALUE self) {
   rs_reader_set_io(&m.r, self); /* what Ruby buffered comes first */
   m.reader_ready = true;
   rs_reader_allow_multishot(&m.r);
-  return rb_ensure(stream_body, (VALUE)&m, stream_ensure, (VALUE)&m);
+  VALUE ret = rb_ensure(stream_body, (VALUE)&m, stream_ensure, (VALUE)&m);
+  RB_GC_GUARD(m.opts.keys);
+  return ret;
 }
 
 /* ---- unpack a String ------------------------------------------------------------------ */
