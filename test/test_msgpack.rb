@@ -750,6 +750,104 @@ module MsgpackContract
     end
   end
 
+  # The 33rd open container fails at its header, a fix one or one with a
+  # 16- or 32-bit count, empty or not, split across reads or not.
+  def test_nesting_past_msgpack_c_limit_raises_stack_error_at_the_header
+    ["90", "dc0000", "dd00000001" + "01", "8f", "de0001" + "0101"].each do |deepest|
+      bytes = MP.pack(7) + ("91" * 32).then { |h| unhex(h) } + unhex(deepest)
+      in_mode do
+        SP.with_pair(:unix) do |r, w|
+          writer = go do
+            SP.trickle(w, bytes, [5, 3], pause: 0.001)
+          rescue Errno::EPIPE, Errno::ECONNRESET, IOError
+            :reader_gone
+          end
+          got = []
+          e = assert_raises(MP::StackError, deepest) { r.msgpack_each { |o| got << o } }
+          assert_match(/byte offset 33\b/, e.message, deepest)
+          assert_equal [7], got
+          r.close
+          writer.value
+        end
+      end
+    end
+  end
+
+  # A header may declare 2**32 - 1 elements in 5 bytes: that must cost
+  # nothing until they come, and end as a truncation, as in the gem.
+  def test_a_huge_declared_count_waits_for_its_elements_and_ends_in_eof_error
+    %w[dd55555556 dfffffffff].each do |header|
+      bytes = MP.pack(1) + unhex(header) + unhex("01" * 10)
+      in_mode do
+        SP.with_pair(:pipe) do |r, w|
+          w.write(bytes)
+          w.close
+          got = []
+          assert_raises(EOFError, header) { r.msgpack_each { |o| got << o } }
+          assert_equal [1], got
+        end
+      end
+      assert_raises(EOFError) { MP.unpack(unhex(header) + unhex("01" * 10)) }
+    end
+  end
+
+  # An ext32 of 0xffffffff bytes: msgpack-c's length wraps to 0; we wait
+  # for the bytes as the gem does.
+  def test_an_ext32_of_the_largest_length_waits_and_ends_in_eof_error
+    bytes = MP.pack(1) + unhex("c9ffffffff05") + "abc".b
+    in_mode do
+      SP.with_pair(:pipe) do |r, w|
+        w.write(bytes)
+        w.close
+        got = []
+        assert_raises(EOFError) { r.msgpack_each(allow_unknown_ext: true) { |o| got << o } }
+        assert_equal [1], got
+      end
+    end
+    assert_raises(EOFError) { MP.unpack(unhex("c9ffffffff05abc")) }
+  end
+
+  # Objects are made as msgpack-c parses, so a message's Arrays and Hashes
+  # are half built while the stream waits: they must survive GC runs and
+  # compaction between reads (another fiber or thread runs them).
+  def test_half_parsed_messages_survive_gc_and_compaction_between_reads
+    objs = Array.new(12) { |i| { "k#{i}" => [i, "v" * i, { "n" => [nil, 1.5, [true]] }], "e" => [] } }
+    bytes = objs.map { |o| MP.pack(o) }.join.b
+    in_mode do
+      SP.with_pair(:unix) do |r, w|
+        writer = go do
+          bytes.bytes.each_slice(9).with_index do |piece, i|
+            w.write(piece.pack("C*"))
+            i.even? ? GC.compact : GC.start
+          end
+          w.close
+        end
+        got = read_all(r, freeze: true)
+        writer.value
+        assert_objects objs, got
+        assert(got.all? { |h| h.frozen? && h["e"].frozen? && h.values.first.frozen? })
+      end
+    end
+  end
+
+  # Conversion errors are raised as msgpack-c reaches them, in stream order;
+  # the failed message's bytes stay unread, as for malformed data.
+  def test_an_unknown_ext_inside_a_message_leaves_that_message_unread
+    before = MP.pack([1])
+    failed = MP.pack({ "a" => [1, D::EV.new(9, "zz"), 2] })
+    after = MP.pack("next")
+    in_mode do
+      SP.with_pair(:unix) do |r, w|
+        w.write(before + failed + after)
+        w.close
+        got = []
+        assert_raises(MP::UnknownExtTypeError) { r.msgpack_each { |o| got << o } }
+        assert_equal [[1]], got
+        assert_equal hex(failed + after), hex(r.read)
+      end
+    end
+  end
+
   def test_an_ext_without_allow_unknown_ext_raises_after_the_objects_before_it
     in_mode do
       SP.with_pair(:unix) do |r, w|
@@ -806,6 +904,55 @@ module MsgpackContract
         got = read_all(r)
         refute_predicate got[0], :frozen?
         refute_predicate got[0]["k"], :frozen?
+      end
+    end
+  end
+
+  # msgpack_each caches map keys (256 slots by their bytes, keys up to 64
+  # bytes): a hit must give what a miss makes, whatever collides or moves.
+  def test_repeated_and_colliding_map_keys_decode_as_on_a_miss
+    long = "k" * 65
+    objs = Array.new(3000) do |i|
+      { "id" => i, "k#{i % 700}" => i, long => true, "" => nil, "\u00e9t\u00e9" => "x", "k#{(i * 7) % 700}" => -i }
+    end
+    in_mode do
+      SP.with_pair(:unix) do |r, w|
+        writer = go { SP.trickle(w, objs.map { |o| MP.pack(o) }.join.b, [4000, 1]) }
+        got = []
+        r.msgpack_each do |o|
+          GC.compact if (got.size % 1000).zero?
+          got << o
+        end
+        writer.value
+        assert_objects objs, got
+        got.each_slice(37).map(&:first).each do |h|
+          h.each_key do |k|
+            assert_predicate k, :frozen?
+            assert_equal Encoding::UTF_8, k.encoding
+          end
+          assert_same(-"id", h.keys.first)
+        end
+      end
+      SP.with_pair(:unix) do |r, w|
+        writer = go { SP.trickle(w, objs.map { |o| MP.pack(o) }.join.b, [4000, 1]) }
+        got = read_all(r, symbolize_keys: true)
+        writer.value
+        assert_objects objs, got, symbolize_keys: true
+        assert_equal [:id, :k699, long.to_sym, :"", :"\u00e9t\u00e9"], got[699].keys.first(5)
+      end
+    end
+  end
+
+  def test_a_key_of_invalid_utf8_under_symbolize_keys_raises_encoding_error_after_cached_keys
+    bad = unhex("81a2ff00") + unhex("01") # {"\xff\x00" => 1}
+    bytes = MP.pack({ "a" => 1 }) * 3 + bad
+    in_mode do
+      SP.with_pair(:unix) do |r, w|
+        w.write(bytes)
+        w.close
+        got = []
+        assert_raises(EncodingError) { r.msgpack_each(symbolize_keys: true) { |o| got << o } }
+        assert_equal [{ a: 1 }] * 3, got
       end
     end
   end

@@ -2,14 +2,14 @@
  * the read-ahead reader's blocks (no String per read); Ringspun::MessagePack
  * .pack/.unpack for strings.
  *
- * msgpack-c builds each message as an object tree in its zone; we turn the
- * tree into Ruby objects and clear the zone for the next message, so the
- * zone's memory is reused rather than allocated per message. Map keys that
- * are strings become deduplicated frozen strings, as the msgpack gem does. */
+ * Decoding is msgpack-c's own parser, unpack_template.h, the state machine
+ * its msgpack_unpacker is built from, instantiated here with callbacks that
+ * make Ruby objects as it parses: no msgpack_object tree in a zone to walk
+ * afterwards, one pass over the bytes. Map keys that are strings become
+ * deduplicated frozen strings, as the msgpack gem does. */
 #include "ringspun.h"
 #include <msgpack.h>
 #include <msgpack/unpack_define.h>
-#include "core/msgpack_gate.h"
 #include <ruby/encoding.h>
 #include <ruby/io.h>
 
@@ -21,63 +21,164 @@ static VALUE mMessagePack, cExtensionValue, eMalformed, eUnknownExt, eStackError
 
 typedef struct mp_opts {
   bool symbolize_keys, freeze, allow_unknown_ext;
+  VALUE keys; /* a key cache (below) or Qnil */
 } mp_opts;
 
-/* ---- msgpack_object -> VALUE ------------------------------------------------------ */
+/* A stream's map keys repeat from one message to the next. Turning their
+ * bytes into a frozen String costs rb_enc_interned_str a hash, a probe of
+ * Ruby's fstring table and encoding checks, about 700 instructions a key on
+ * Ruby 3.1 (and an extra String for a Symbol). So msgpack_each keeps the
+ * keys it made in a small direct-mapped cache: a hidden Array whose slot i
+ * holds a key's frozen String (to compare bytes with) and slot
+ * KEY_SLOTS + i the key itself (the same String, or its Symbol). Reading
+ * through the Array keeps the keys alive and lets compaction move them.
+ * A hit gives the very object a miss would have made. */
+#define KEY_SLOTS 256
+#define KEY_MAX_LEN 64 /* longer keys are rare and costly to compare */
 
-static VALUE to_ruby(const msgpack_object *o, const mp_opts *opts, bool is_key);
-
-static VALUE str_value(const msgpack_object_str *s, const mp_opts *opts, bool is_key) {
-  if (is_key && opts->symbolize_keys) return rb_str_intern(rb_utf8_str_new(s->ptr, s->size));
-  if (is_key) return rb_enc_interned_str(s->ptr, s->size, rb_utf8_encoding());
-  VALUE v = rb_utf8_str_new(s->ptr, s->size);
-  return opts->freeze ? rb_obj_freeze(v) : v;
+static VALUE key_cache_new(void) {
+  VALUE a = rb_ary_tmp_new(2 * KEY_SLOTS);
+  rb_ary_store(a, 2 * KEY_SLOTS - 1, Qnil); /* fills every slot with nil */
+  return a;
 }
 
-static VALUE ext_value(const msgpack_object_ext *e, const mp_opts *opts) {
-  if (!opts->allow_unknown_ext) rb_raise(eUnknownExt, "unexpected extension type %d", (int)e->type);
-  VALUE payload = rb_str_new(e->ptr, e->size);
-  VALUE v = rb_struct_new(cExtensionValue, INT2FIX(e->type), opts->freeze ? rb_obj_freeze(payload) : payload);
-  return opts->freeze ? rb_obj_freeze(v) : v;
+static long key_slot(const char *p, size_t n) {
+  uint32_t h = 2166136261u; /* FNV-1a */
+  for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 16777619u;
+  return (long)((h ^ (h >> 15)) & (KEY_SLOTS - 1));
 }
 
-static VALUE array_value(const msgpack_object_array *a, const mp_opts *opts) {
-  VALUE v = rb_ary_new_capa((long)a->size);
-  for (uint32_t i = 0; i < a->size; i++) rb_ary_push(v, to_ruby(&a->ptr[i], opts, false));
-  return opts->freeze ? rb_obj_freeze(v) : v;
+static VALUE make_key(const char *p, size_t n, const mp_opts *opts) {
+  if (opts->symbolize_keys) return rb_str_intern(rb_utf8_str_new(p, (long)n));
+  return rb_enc_interned_str(p, (long)n, rb_utf8_encoding());
 }
 
-static VALUE map_value(const msgpack_object_map *m, const mp_opts *opts) {
-  VALUE v = rb_hash_new();
-  for (uint32_t i = 0; i < m->size; i++) {
-    /* The key first, then the value, as the msgpack gem decodes them (as
-     * two arguments of one call, C would not fix the order). */
-    VALUE key = to_ruby(&m->ptr[i].key, opts, true);
-    rb_hash_aset(v, key, to_ruby(&m->ptr[i].val, opts, false));
-  }
-  return opts->freeze ? rb_obj_freeze(v) : v;
+static VALUE str_key(const char *p, size_t n, const mp_opts *opts) {
+  VALUE cache = opts->keys;
+  if (NIL_P(cache) || n > KEY_MAX_LEN) return make_key(p, n, opts);
+  long i = key_slot(p, n);
+  VALUE s = RARRAY_AREF(cache, i);
+  if (!NIL_P(s) && (size_t)RSTRING_LEN(s) == n && memcmp(RSTRING_PTR(s), p, n) == 0)
+    return RARRAY_AREF(cache, KEY_SLOTS + i);
+  VALUE key = make_key(p, n, opts); /* may raise (a Symbol from invalid UTF-8): the slot stays as it was */
+  rb_ary_store(cache, i, opts->symbolize_keys ? rb_enc_interned_str(p, (long)n, rb_utf8_encoding()) : key);
+  rb_ary_store(cache, KEY_SLOTS + i, key);
+  return key;
 }
 
-static VALUE to_ruby(const msgpack_object *o, const mp_opts *opts, bool is_key) {
-  switch (o->type) {
-  case MSGPACK_OBJECT_NIL: return Qnil;
-  case MSGPACK_OBJECT_BOOLEAN: return o->via.boolean ? Qtrue : Qfalse;
-  case MSGPACK_OBJECT_POSITIVE_INTEGER: return ULL2NUM(o->via.u64);
-  case MSGPACK_OBJECT_NEGATIVE_INTEGER: return LL2NUM(o->via.i64);
-  case MSGPACK_OBJECT_FLOAT32:
-  case MSGPACK_OBJECT_FLOAT64: return DBL2NUM(o->via.f64);
-  case MSGPACK_OBJECT_STR: return str_value(&o->via.str, opts, is_key);
-  case MSGPACK_OBJECT_BIN: {
-    VALUE v = rb_str_new(o->via.bin.ptr, o->via.bin.size);
-    if (is_key && opts->symbolize_keys) return rb_str_intern(v); /* as the gem does */
-    return opts->freeze ? rb_obj_freeze(v) : v;
-  }
-  case MSGPACK_OBJECT_ARRAY: return array_value(&o->via.array, opts);
-  case MSGPACK_OBJECT_MAP: return map_value(&o->via.map, opts);
-  case MSGPACK_OBJECT_EXT: return ext_value(&o->via.ext, opts);
-  }
-  rb_raise(eMalformed, "unknown msgpack object type %d", (int)o->type);
+/* ---- values as msgpack-c parses them ------------------------------------------------ */
+
+static VALUE frozen_if(VALUE v, const mp_opts *opts) { return opts->freeze ? rb_obj_freeze(v) : v; }
+
+static VALUE str_value(const char *p, size_t n, const mp_opts *opts, bool is_key) {
+  if (is_key) return str_key(p, n, opts);
+  return frozen_if(rb_utf8_str_new(p, (long)n), opts);
 }
+
+static VALUE bin_value(const char *p, size_t n, const mp_opts *opts, bool is_key) {
+  VALUE v = rb_str_new(p, (long)n);
+  if (is_key && opts->symbolize_keys) return rb_str_intern(v); /* as the gem does */
+  return frozen_if(v, opts);
+}
+
+/* n counts the type byte. */
+static VALUE ext_value(const char *p, size_t n, const mp_opts *opts) {
+  int type = (int8_t)p[0];
+  if (!opts->allow_unknown_ext) rb_raise(eUnknownExt, "unexpected extension type %d", type);
+  VALUE payload = frozen_if(rb_str_new(p + 1, (long)n - 1), opts);
+  return frozen_if(rb_struct_new(cExtensionValue, INT2FIX(type), payload), opts);
+}
+
+/* msgpack-c's parser as an instance of unpack_template.h. Its context
+ * (the parse state and the stack of open containers, each holding the Ruby
+ * Array or Hash being filled) lives in an mp_stream on the machine stack of
+ * the method's caller, so the GC finds those VALUEs there, and pins them,
+ * while a message is only partly parsed, across reads and fiber switches.
+ * Each callback returns 0, or a negative code that ends the parse. */
+typedef struct mp_user {
+  const mp_opts *opts;
+} mp_user;
+
+/* What the ext callback returns for an ext32 of 0xffffffff bytes: msgpack-c
+ * adds the type byte in 32 bits and hands us a length of 0. The gem waits
+ * for the 4 GiB; so do we (mp_stream.stalled). */
+#define RS_MP_EXT_TOO_LONG (-3)
+/* Elements made room for when an array's header is read: a header may
+ * declare 2**32 - 1 of them in 5 bytes, and memory stays proportional to
+ * the input only if the rest come as the elements do. */
+#define RS_MP_PREALLOC_MAX 4096
+
+static VALUE cb_root(mp_user *u) { return Qnil; }
+static int cb_uint8(mp_user *u, uint8_t d, VALUE *o) { *o = INT2FIX(d); return 0; }
+static int cb_uint16(mp_user *u, uint16_t d, VALUE *o) { *o = INT2FIX(d); return 0; }
+static int cb_uint32(mp_user *u, uint32_t d, VALUE *o) { *o = ULONG2NUM(d); return 0; }
+static int cb_uint64(mp_user *u, uint64_t d, VALUE *o) { *o = ULL2NUM(d); return 0; }
+static int cb_int8(mp_user *u, int8_t d, VALUE *o) { *o = INT2FIX(d); return 0; }
+static int cb_int16(mp_user *u, int16_t d, VALUE *o) { *o = INT2FIX(d); return 0; }
+static int cb_int32(mp_user *u, int32_t d, VALUE *o) { *o = LONG2NUM(d); return 0; }
+static int cb_int64(mp_user *u, int64_t d, VALUE *o) { *o = LL2NUM(d); return 0; }
+static int cb_float(mp_user *u, float d, VALUE *o) { *o = DBL2NUM((double)d); return 0; }
+static int cb_double(mp_user *u, double d, VALUE *o) { *o = DBL2NUM(d); return 0; }
+static int cb_nil(mp_user *u, VALUE *o) { *o = Qnil; return 0; }
+static int cb_true(mp_user *u, VALUE *o) { *o = Qtrue; return 0; }
+static int cb_false(mp_user *u, VALUE *o) { *o = Qfalse; return 0; }
+
+static int cb_array(mp_user *u, unsigned int n, VALUE *o) {
+  *o = rb_ary_new_capa(n < RS_MP_PREALLOC_MAX ? (long)n : RS_MP_PREALLOC_MAX);
+  if (n == 0) *o = frozen_if(*o, u->opts); /* no item will come to freeze it */
+  return 0;
+}
+
+static int cb_map(mp_user *u, unsigned int n, VALUE *o) {
+  *o = rb_hash_new();
+  if (n == 0) *o = frozen_if(*o, u->opts);
+  return 0;
+}
+
+static int array_item(mp_user *u, VALUE *c, VALUE o, bool last) {
+  rb_ary_push(*c, o);
+  if (last) frozen_if(*c, u->opts);
+  return 0;
+}
+
+static int map_item(mp_user *u, VALUE *c, VALUE k, VALUE v, bool last) {
+  rb_hash_aset(*c, k, v);
+  if (last) frozen_if(*c, u->opts);
+  return 0;
+}
+
+static int raw_item(mp_user *u, const char *p, unsigned int l, VALUE *o, bool is_key, bool bin) {
+  *o = bin ? bin_value(p, l, u->opts, is_key) : str_value(p, l, u->opts, is_key);
+  return 0;
+}
+
+static int cb_ext(mp_user *u, const char *b, const char *p, unsigned int l, VALUE *o) {
+  if (l == 0) return RS_MP_EXT_TOO_LONG;
+  *o = ext_value(p, l, u->opts);
+  return 0;
+}
+
+/* The template has no callback for "this container is complete" nor says
+ * whether a str is a map key; both are in its own parse state, its locals
+ * `stack` and `top` (the open containers; each callback below runs with
+ * them in scope). Reading them here keys strings as they are made, in
+ * stream order, and freezes a container once its last element is in. If a
+ * msgpack-c release renamed them, this would fail to compile, not misread. */
+#define RS_MP_IN_KEY (top > 0 && stack[top - 1].ct == MSGPACK_CT_MAP_KEY)
+#define RS_MP_LAST (stack[top - 1].count == 1)
+#define cb_str(u, b, p, l, o) raw_item(u, p, l, o, RS_MP_IN_KEY, false)
+#define cb_bin(u, b, p, l, o) raw_item(u, p, l, o, RS_MP_IN_KEY, true)
+#define cb_array_item(u, c, o) array_item(u, c, o, RS_MP_LAST)
+#define cb_map_item(u, c, k, v) map_item(u, c, k, v, RS_MP_LAST)
+
+#define msgpack_unpack_struct(name) struct rs_mp##name
+#define msgpack_unpack_func(ret, name) static ret rs_mp##name
+#define msgpack_unpack_callback(name) cb##name
+#define msgpack_unpack_object VALUE
+#define msgpack_unpack_user mp_user
+#include <msgpack/unpack_template.h>
+
+typedef struct rs_mp_context mp_parser;
 
 /* ---- the stream decoder ------------------------------------------------------------- */
 
@@ -87,86 +188,78 @@ static void raise_malformed(uint64_t offset) {
 }
 
 typedef struct mp_stream {
-  msgpack_unpacker u;
-  bool u_ready;
-  rs_mp_gate gate;
-  /* The bytes of the message msgpack-c is in the middle of, so a loop that
-   * ends early (break, Timeout) can put them back into the IO's buffer. */
-  char *raw;
-  size_t raw_off, raw_len, raw_cap;
+  mp_parser ctx;
+  /* The bytes from the start of the message being parsed: msgpack-c's
+   * input, and what a loop that ends early (break, Timeout, an error) gives
+   * back to the IO's buffer. */
+  char *buf;
+  size_t len, cap;
+  size_t start;   /* where the unfinished message starts */
+  size_t pos;     /* where msgpack-c goes on */
+  uint64_t base;  /* the stream offset of buf[0] */
+  bool stalled;   /* an ext32 of 0xffffffff bytes: nothing completes any more */
   mp_opts opts;
   VALUE io;
   rs_reader r;
   bool reader_ready;
-  uint64_t done_bytes; /* bytes of the messages already yielded */
 } mp_stream;
 
-static void keep_raw(mp_stream *m, const char *data, size_t n) {
-  if (m->raw_off > 0 && m->raw_off >= m->raw_len / 2) { /* compact now and then */
-    memmove(m->raw, m->raw + m->raw_off, m->raw_len - m->raw_off);
-    m->raw_len -= m->raw_off;
-    m->raw_off = 0;
-  }
-  if (m->raw_len + n > m->raw_cap) {
-    size_t cap = m->raw_cap ? m->raw_cap : 4096;
-    while (cap < m->raw_len + n) cap *= 2;
-    char *b = realloc(m->raw, cap);
-    if (!b) rb_raise(rb_eNoMemError, "msgpack: cannot grow the buffer");
-    m->raw = b;
-    m->raw_cap = cap;
-  }
-  memcpy(m->raw + m->raw_len, data, n);
-  m->raw_len += n;
+static void parser_init(mp_stream *m) {
+  rs_mp_init(&m->ctx);
+  m->ctx.user.opts = &m->opts;
 }
 
+/* Appends input, first dropping the messages already yielded. */
 static void feed(mp_stream *m, const char *data, size_t n) {
-  rs_mp_gate *g = &m->gate;
-  if (rs_mp_gate_push(g, data, n) < 0) rb_raise(rb_eNoMemError, "msgpack: cannot grow the buffer");
-  if (g->pos == 0) return;
-  if (m->io != Qnil && RB_TYPE_P(m->io, T_FILE)) keep_raw(m, g->buf, g->pos);
-  if (!msgpack_unpacker_reserve_buffer(&m->u, g->pos)) rb_raise(rb_eNoMemError, "msgpack: cannot grow the buffer");
-  memcpy(msgpack_unpacker_buffer(&m->u), g->buf, g->pos);
-  msgpack_unpacker_buffer_consumed(&m->u, g->pos);
-  rs_mp_gate_take(g);
+  if (m->start > 0) {
+    memmove(m->buf, m->buf + m->start, m->len - m->start);
+    m->len -= m->start;
+    m->pos -= m->start;
+    m->base += m->start;
+    m->start = 0;
+  }
+  if (m->len + n > m->cap) {
+    size_t cap = m->cap ? m->cap : RS_BLOCK_SIZE;
+    while (cap < m->len + n) cap *= 2;
+    char *b = realloc(m->buf, cap);
+    if (!b) rb_raise(rb_eNoMemError, "msgpack: cannot grow the buffer");
+    m->buf = b;
+    m->cap = cap;
+  }
+  memcpy(m->buf + m->len, data, n);
+  m->len += n;
 }
 
-/* What the gate holds back may already be wrong in a way a decoder reading
- * in order would report first: say so now, at its stream offset. */
-static void gate_reject_invalid(rs_mp_gate *g) {
-  uint64_t at;
-  int v = rs_mp_gate_verdict(g, &at);
-  if (v == 1) raise_malformed(at);
-  if (v == 2)
-    rb_raise(eStackError, "MessagePack nested deeper than %d levels (msgpack-c's limit) at byte offset %llu",
-             RS_MAX_DEPTH, (unsigned long long)at);
-}
+/* Bytes of an unfinished message. */
+static bool mid_message(mp_stream *m) { return m->len > m->start; }
 
-/* Bytes of an unfinished message: msgpack-c's, and any held at the gate. */
-static bool mid_message(mp_stream *m) { return msgpack_unpacker_message_size(&m->u) > 0 || m->gate.len > 0; }
-
-
-NORETURN(static void raise_parse(int ret, uint64_t offset));
-static void raise_parse(int ret, uint64_t offset) {
-  if (ret == MSGPACK_UNPACK_NOMEM_ERROR)
-    rb_raise(eStackError, "MessagePack nested deeper than %d levels (msgpack-c's limit) at byte offset %llu",
-             RS_MAX_DEPTH, (unsigned long long)offset);
-  raise_malformed(offset);
+/* Where the parse stopped on an error: at the byte that starts no value,
+ * or at the header of the container that would open past the stack (for a
+ * 16- or 32-bit count, msgpack-c stops on the count's last byte). */
+NORETURN(static void raise_parse(mp_stream *m, int ret, size_t at));
+static void raise_parse(mp_stream *m, int ret, size_t at) {
+  uint64_t offset = m->base + at;
+  if (ret != MSGPACK_UNPACK_NOMEM_ERROR) raise_malformed(offset);
+  if (m->ctx.cs != MSGPACK_CS_HEADER) offset -= m->ctx.trail;
+  rb_raise(eStackError, "MessagePack nested deeper than %d levels (msgpack-c's limit) at byte offset %llu",
+           RS_MAX_DEPTH, (unsigned long long)offset);
 }
 
 /* The next complete message in the buffer, or false. */
 static bool next_message(mp_stream *m, VALUE *out) {
-  int ret = msgpack_unpacker_execute(&m->u);
+  if (m->stalled) return false;
+  size_t at = m->pos;
+  int ret = rs_mp_execute(&m->ctx, m->buf, m->len, &at);
+  if (ret == RS_MP_EXT_TOO_LONG) {
+    m->stalled = true;
+    return false;
+  }
+  if (ret < 0) raise_parse(m, ret, at);
+  m->pos = at; /* on 0, msgpack-c goes on from there when more comes */
   if (ret == 0) return false;
-  if (ret < 0) raise_parse(ret, m->done_bytes + msgpack_unpacker_parsed_size(&m->u));
-  msgpack_object obj = msgpack_unpacker_data(&m->u);
-  size_t size = msgpack_unpacker_parsed_size(&m->u);
-  m->done_bytes += size;
-  m->raw_off = m->raw_off + size > m->raw_len ? m->raw_len : m->raw_off + size;
-  *out = to_ruby(&obj, &m->opts, false);
-  /* The zone's chunks are kept and reused for the next message. msgpack-c
-   * 4 creates the zone only once a message needs one. */
-  if (m->u.z) msgpack_unpacker_reset_zone(&m->u);
-  msgpack_unpacker_reset(&m->u);
+  *out = rs_mp_data(&m->ctx);
+  m->start = at;
+  parser_init(m);
   return true;
 }
 
@@ -185,27 +278,22 @@ static VALUE stream_body(VALUE p) {
     if (n == 0) break;
     feed(m, data, (size_t)n);
     drain(m);
-    gate_reject_invalid(&m->gate);
   }
   if (mid_message(m))
     rb_raise(rb_eEOFError, "end of input inside a MessagePack object (byte offset %llu)",
-             (unsigned long long)(m->done_bytes + msgpack_unpacker_parsed_size(&m->u)));
+             (unsigned long long)(m->base + m->len));
   return m->io;
 }
 
 static VALUE stream_ensure(VALUE p) {
   mp_stream *m = (mp_stream *)p;
   /* Given back in one piece, in stream order: the unfinished message's
-   * bytes, what the gate held, then what the reader read ahead. */
+   * bytes, then what the reader read ahead. */
   VALUE back = Qnil;
   if (m->reader_ready) rs_reader_cleanup_into(&m->r, &back);
-  back = rs_bytes_prepend(back, m->gate.buf, (long)m->gate.len);
-  back = rs_bytes_prepend(back, m->raw + m->raw_off, (long)(m->raw_len - m->raw_off));
-  free(m->raw);
-  m->raw = NULL;
-  if (m->u_ready) msgpack_unpacker_destroy(&m->u);
-  m->u_ready = false;
-  rs_mp_gate_free(&m->gate);
+  back = rs_bytes_prepend(back, m->buf + m->start, (long)(m->len - m->start));
+  free(m->buf);
+  m->buf = NULL;
   /* Last: it may raise (Ruby's buffer too small), with everything freed. */
   if (!NIL_P(back)) rs_io_unread(m->io, RSTRING_PTR(back), RSTRING_LEN(back));
   RB_GC_GUARD(back);
@@ -213,7 +301,7 @@ static VALUE stream_ensure(VALUE p) {
 }
 
 static mp_opts parse_opts(VALUE hash) {
-  mp_opts o = {false, false, false};
+  mp_opts o = {false, false, false, Qnil};
   if (NIL_P(hash)) return o;
   ID keys[3] = {rb_intern("symbolize_keys"), rb_intern("freeze"), rb_intern("allow_unknown_ext")};
   VALUE vals[3];
@@ -233,17 +321,19 @@ static VALUE io_msgpack_each_native(int argc, VALUE *argv, VALUE self) {
   mp_stream m;
   memset(&m, 0, sizeof(m));
   m.opts = parse_opts(opts);
+  m.opts.keys = key_cache_new(); /* on this stack, in m: marked and pinned while we run */
   m.io = self;
+  parser_init(&m);
   rb_io_t *fptr;
   GetOpenFile(self, fptr);
   rb_io_check_readable(fptr);
-  if (!msgpack_unpacker_init(&m.u, RS_BLOCK_SIZE)) rb_raise(rb_eNoMemError, "msgpack_each: cannot allocate");
-  m.u_ready = true;
   rs_reader_init(&m.r, rb_io_descriptor(self), RS_BLOCK_SIZE);
   rs_reader_set_io(&m.r, self); /* what Ruby buffered comes first */
   m.reader_ready = true;
   rs_reader_allow_multishot(&m.r);
-  return rb_ensure(stream_body, (VALUE)&m, stream_ensure, (VALUE)&m);
+  VALUE ret = rb_ensure(stream_body, (VALUE)&m, stream_ensure, (VALUE)&m);
+  RB_GC_GUARD(m.opts.keys);
+  return ret;
 }
 
 /* ---- unpack a String ------------------------------------------------------------------ */
@@ -253,18 +343,14 @@ static VALUE unpack_body(VALUE p) {
   VALUE str = m->io;
   feed(m, RSTRING_PTR(str), (size_t)RSTRING_LEN(str));
   VALUE v;
-  if (!next_message(m, &v)) {
-    gate_reject_invalid(&m->gate);
-    rb_raise(rb_eEOFError, "end of input inside a MessagePack object");
-  }
-  uint64_t extra = (uint64_t)RSTRING_LEN(str) - m->done_bytes; /* gate bytes included */
+  if (!next_message(m, &v)) rb_raise(rb_eEOFError, "end of input inside a MessagePack object");
+  uint64_t extra = m->len - m->start;
   if (extra) rb_raise(eMalformed, "%llu extra bytes after the deserialized object", (unsigned long long)extra);
   return v;
 }
 
 static VALUE unpack_ensure(VALUE p) {
-  msgpack_unpacker_destroy(&((mp_stream *)p)->u);
-  rs_mp_gate_free(&((mp_stream *)p)->gate);
+  free(((mp_stream *)p)->buf);
   return Qnil;
 }
 
@@ -276,7 +362,7 @@ static VALUE mp_unpack(int argc, VALUE *argv, VALUE self) {
   memset(&m, 0, sizeof(m));
   m.opts = parse_opts(opts);
   m.io = rb_str_new_frozen(str); /* the input, here */
-  if (!msgpack_unpacker_init(&m.u, (size_t)RSTRING_LEN(str) + 16)) rb_raise(rb_eNoMemError, "unpack: cannot allocate");
+  parser_init(&m);
   VALUE v = rb_ensure(unpack_body, (VALUE)&m, unpack_ensure, (VALUE)&m);
   RB_GC_GUARD(m.io);
   return v;
