@@ -160,12 +160,22 @@ module TaskContract
     end
   end
 
-  def test_stop_a_task_mid_double_splice
-    data = random_bytes(191, 300 * KIB)
+  # Sockets for a copy from src to a, drained from b by another task; the
+  # test writes into src_in and leaves it open, so the copy waits for more.
+  def with_copy_sockets
     in_mode do
       src_in, src = unix_pair
       a, b = unix_pair
       reader = go { drain(b) }
+      yield src_in, src, a, reader
+    ensure
+      close_all(src_in, src, a, b)
+    end
+  end
+
+  def test_stop_a_task_mid_double_splice
+    data = random_bytes(191, 300 * KIB)
+    with_copy_sockets do |src_in, src, a, reader|
       moved = nil
       task = Ringspun.spin do
         moved = IO.double_splice(src, a)
@@ -180,8 +190,6 @@ module TaskContract
       # Every byte written before the stop went through, no more, no fewer.
       assert_equal [data.bytesize, sha256(data)], reader.value
       assert_no_pending_operations
-    ensure
-      close_all(src_in, src, a, b)
     end
   end
 
@@ -349,10 +357,7 @@ module TaskContract
 
   def test_deadline_mid_double_splice
     data = random_bytes(193, 200 * KIB)
-    in_mode do
-      src_in, src = unix_pair
-      a, b = unix_pair
-      reader = go { drain(b) }
+    with_copy_sockets do |src_in, src, a, reader|
       src_in.write(data) # and then nothing: the copy waits for more
       took = elapsed do
         assert_raises(Timeout::Error) { Ringspun.timeout(0.05) { IO.double_splice(src, a) } }
@@ -362,8 +367,6 @@ module TaskContract
       a.close_write
       assert_equal [data.bytesize, sha256(data)], reader.value
       assert_no_pending_operations
-    ensure
-      close_all(src_in, src, a, b)
     end
   end
 

@@ -35,19 +35,24 @@ static ssize_t try_nowait_at(int kind, int fd, void *buf, size_t len, int64_t of
 /* At the file position (read(2)/write(2)). */
 static ssize_t try_nowait(int kind, int fd, void *buf, size_t len) { return try_nowait_at(kind, fd, buf, len, -1); }
 
+/* A read or write op on the ring; `keep` owns buf (or Qnil). */
+static rs_op *rw_op(rs_sched *s, int kind, int fd, void *buf, size_t len, int64_t off, VALUE keep) {
+  rs_op *op = rs_op_new(s, kind);
+  op->fd = fd;
+  op->buf = buf;
+  op->len = len > 0x7ffff000 ? 0x7ffff000 : len; /* what read(2) does at most */
+  op->off = off;
+  rs_op_write(op, &op->keep, keep);
+  return op;
+}
+
 /* off < 0: at the file position, like read(2); else at off, like pread(2). */
 static ssize_t native_rw(rs_sched *s, int kind, int fd, void *buf, size_t len, int64_t off, VALUE keep) {
   short events = kind == RS_OP_READ ? POLLIN : POLLOUT;
   ssize_t quick = try_nowait_at(kind, fd, buf, len, off);
   if (quick != -EAGAIN) return quick;
   for (;;) {
-    rs_op *op = rs_op_new(s, kind);
-    op->fd = fd;
-    op->buf = buf;
-    op->len = len > 0x7ffff000 ? 0x7ffff000 : len;
-    op->off = off;
-    rs_op_write(op, &op->keep, keep);
-    int ret = rs_op_await(s, op);
+    int ret = rs_op_await(s, rw_op(s, kind, fd, buf, len, off, keep));
     if (ret != -EAGAIN) return ret;
     /* The fd is O_NONBLOCK: io_uring honours that, so wait and retry. */
     ret = rs_io_wait_fd(fd, events, -1);
@@ -147,12 +152,7 @@ ssize_t rs_io_read_salvage(int fd, void *buf, size_t len, VALUE keep, ssize_t *s
   ssize_t quick = try_nowait(RS_OP_READ, fd, buf, len);
   if (quick != -EAGAIN) return quick;
   for (;;) {
-    rs_op *op = rs_op_new(s, RS_OP_READ);
-    op->fd = fd;
-    op->buf = buf;
-    op->len = len > 0x7ffff000 ? 0x7ffff000 : len;
-    op->off = -1;
-    rs_op_write(op, &op->keep, keep);
+    rs_op *op = rw_op(s, RS_OP_READ, fd, buf, len, -1, keep);
     int ret = rs_op_begin(s, op); /* releases op on failure */
     if (ret < 0) return ret;
     int result = 0;
