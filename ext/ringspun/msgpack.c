@@ -211,6 +211,7 @@ static void parser_init(mp_stream *m) {
 
 /* Appends input, first dropping the messages already yielded. */
 static void feed(mp_stream *m, const char *data, size_t n) {
+  if (n == 0) return; /* (MessagePack.unpack("")): nothing to keep, and no buffer yet */
   if (m->start > 0) {
     memmove(m->buf, m->buf + m->start, m->len - m->start);
     m->len -= m->start;
