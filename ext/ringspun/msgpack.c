@@ -148,6 +148,7 @@ static int map_item(mp_user *u, VALUE *c, VALUE k, VALUE v, bool last) {
 }
 
 static int raw_item(mp_user *u, const char *p, unsigned int l, VALUE *o, bool is_key, bool bin) {
+  if (l == 0) p = ""; /* msgpack-c may hand over NULL for no bytes; memcmp and friends want a pointer */
   *o = bin ? bin_value(p, l, u->opts, is_key) : str_value(p, l, u->opts, is_key);
   return 0;
 }
