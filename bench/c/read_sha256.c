@@ -3,6 +3,9 @@
  * each chunk (OpenSSL's, as the Ruby contenders' OpenSSL::Digest).
  *
  *   read_sha256 serial   one thread: read, hash, read, ...
+ *   read_sha256 fresh    serial, each chunk read into a new malloc'd buffer,
+ *                        freed 256 at a time (as Ruby's GC frees Strings):
+ *                        a new String per chunk, minus Ruby
  *   read_sha256 thread   a reader thread fills a ring of 8 chunks while the
  *                        main thread hashes: the most a second core can
  *                        hide of the reads here.
@@ -46,15 +49,30 @@ static ssize_t read_chunk(char *buf) {
   }
 }
 
-static long long serial(void) {
-  static char buf[CHUNK];
+#define FRESH_BATCH 256
+
+static long long serial(int fresh) {
+  static char reused[CHUNK];
+  static char *held[FRESH_BATCH];
+  int nheld = 0;
   unsigned char md[SHA256_DIGEST_LENGTH];
   long long total = 0;
   ssize_t n;
-  while ((n = read_chunk(buf)) > 0) {
+  for (;;) {
+    char *buf = reused;
+    if (fresh) {
+      if (nheld == FRESH_BATCH) {
+        for (int i = 0; i < nheld; i++) free(held[i]);
+        nheld = 0;
+      }
+      buf = held[nheld++] = malloc(CHUNK);
+      if (!buf) return -1;
+    }
+    if ((n = read_chunk(buf)) <= 0) break;
     SHA256((unsigned char *)buf, (size_t)n, md);
     total += n;
   }
+  for (int i = 0; i < nheld; i++) free(held[i]);
   return n < 0 ? -1 : total;
 }
 
@@ -103,8 +121,8 @@ static long long threaded(void) {
 }
 
 int main(int argc, char **argv) {
-  int thread = argc == 2 && strcmp(argv[1], "thread") == 0;
-  long long total = thread ? threaded() : serial();
+  const char *mode = argc == 2 ? argv[1] : "serial";
+  long long total = strcmp(mode, "thread") == 0 ? threaded() : serial(strcmp(mode, "fresh") == 0);
   if (total < 0) {
     perror("read_sha256: read");
     return 1;

@@ -111,8 +111,10 @@ Bench.define(:read_loop_sha256) do
     hashes, a read in flight on the other core would be hidden behind it; that is what the
     issue's target asks to show (#16: `read_loop` at least 1.2x the `readpartial` loop doing the
     same work, on io_uring). The C rows (`bench/c/read_sha256.c`) are the floor: *serial* reads
-    and hashes in one thread; *thread* has a reader thread fill a ring of 8 chunks while the
-    main thread hashes, the most a second core hides here (its CPU s count both threads).
+    and hashes in one thread; *fresh* does so into a new `malloc`'d buffer per chunk, freed 256
+    at a time as Ruby's GC frees Strings (a new String per chunk, minus Ruby); *thread* has a
+    reader thread fill a ring of 8 chunks while the main thread hashes, the most a second core
+    hides here (its CPU s count both threads).
   MD
   metric "MiB/s"
   bytes_per_unit 1024 * 1024
@@ -137,6 +139,9 @@ Bench.define(:read_loop_sha256) do
   end
   contender(:c_serial, "C: read(2) then SHA-256, one thread (bench/c/read_sha256.c)") do |params, meter|
     Bench::ReadSha.measure_c(params, meter, "serial")
+  end
+  contender(:c_fresh, "C: read(2) into a new 64 KiB malloc per chunk (freed 256 at a time), then SHA-256") do |params, meter|
+    Bench::ReadSha.measure_c(params, meter, "fresh")
   end
   contender(:c_thread, "C: a reader thread fills 8 chunks while the main thread hashes") do |params, meter|
     Bench::ReadSha.measure_c(params, meter, "thread")

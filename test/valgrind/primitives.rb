@@ -27,9 +27,7 @@ end
 def beside(&block)
   return Thread.new(&block).method(:value) unless Fiber.scheduler
 
-  done = Queue.new
-  Ringspun.spin { done << block.call }
-  -> { done.pop }
+  Ringspun.spin(&block).method(:value)
 end
 
 def exercise(zlib: true)
@@ -89,6 +87,55 @@ def loops_and_msgpack(data)
   check("recv_loop", got == data)
   feeder.call
   a.close
+  reused_loops(data)
+  msgpack_edges
+end
+
+# read_loop into one reused String, and feed_loop's default (reused too).
+def reused_loops(data)
+  r, w = IO.pipe
+  feeder = beside { w.write(data); w.close }
+  got = String.new
+  r.read_loop(3000, String.new) { |c| got << c }
+  check("read_loop(maxlen, buffer)", got == data)
+  feeder.call
+  r.close
+  r, w = IO.pipe
+  feeder = beside { w.write(data); w.close }
+  got = String.new
+  r.feed_loop(->(c) { got << c }, maxlen: 5000)
+  check("feed_loop", got == data)
+  feeder.call
+  r.close
+end
+
+def msgpack_edges
+  check("msgpack empty key", Ringspun::MessagePack.unpack(MessagePack.pack({ "" => "" })) == { "" => "" })
+  begin
+    Ringspun::MessagePack.unpack("")
+    check("unpack of nothing raises", false)
+  rescue EOFError
+    nil
+  end
+end
+
+# Tasks stopped mid-read and a deadline mid-read_loop: each op cancelled,
+# each buffer let go once the kernel is done with it.
+def tasks_and_deadlines
+  r, w = IO.pipe
+  reader = Ringspun.spin { r.read(10) }
+  sleeper = Ringspun.spin { sleep 10 }
+  sleep 0.01
+  reader.stop
+  sleeper.stop
+  check("stopped tasks", reader.value.nil? && sleeper.value.nil?)
+  got = String.new
+  late = Ringspun.spin { sleep 0.05; w.write("abc"); w.close }
+  Ringspun.move_on_after(0.01) { r.read_loop(100) { |c| got << c } }
+  late.value
+  r.read_loop(100) { |c| got << c }
+  check("read_loop after a deadline", got == "abc")
+  r.close
 end
 
 def http1(data)
@@ -113,6 +160,12 @@ def http1(data)
 end
 
 exercise
-Ringspun.run(backend: :io_uring) { exercise(zlib: false) }
-Ringspun.run(backend: :epoll) { exercise }
+Ringspun.run(backend: :io_uring) do
+  exercise(zlib: false)
+  tasks_and_deadlines
+end
+Ringspun.run(backend: :epoll) do
+  exercise
+  tasks_and_deadlines
+end
 puts "valgrind smoke: all primitives OK"
