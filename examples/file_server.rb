@@ -11,11 +11,13 @@
 # - 400 for a malformed request, 404 for a missing file, 405 for another
 #   method, 403 for a path that leaves the root.
 #
-# One event loop runs on one core; the server runs one loop per core (each in
-# a thread of its own with its own Ringspun.run, all accepting on the same
-# listening socket), as an event-driven server does on a multi-core machine.
+# One event loop runs on one core, so the server runs one worker process per
+# core, forked after listen(2), each with its own Ringspun.run accepting on
+# the same listening socket (threads would share one GVL). TERM or INT to the
+# server is passed to every worker, whose connections unwind (their ensure
+# clauses close them); the server exits once it has reaped them all.
 #
-#   ruby -Ilib examples/file_server.rb ROOT [PORT [LOOPS]]
+#   ruby -Ilib examples/file_server.rb ROOT [PORT [WORKERS]]
 require "etc"
 require "ringspun"
 require "socket"
@@ -159,14 +161,66 @@ class FileServer
   end
 end
 
+# Worker processes for a listening socket: started by fork, each serving
+# with its own Ringspun.run; stopped together, and reaped, on TERM or INT.
+class Workers
+  STOP_SIGNALS = %w[TERM INT].freeze
+
+  # @param count [Integer] worker processes
+  def initialize(count)
+    @count = count
+    @pids = []
+  end
+
+  # Forks the workers, each running the block, then waits: a worker that
+  # dies is replaced until a stop signal arrives, which is passed to every
+  # worker; returns once all are reaped.
+  # @return [void]
+  def run(&work)
+    stopping = false
+    STOP_SIGNALS.each { |sig| Signal.trap(sig) { stopping = true } }
+    @pids = Array.new(@count) { spawn_worker(&work) }
+    until @pids.empty?
+      stop_all if stopping
+      pid = Process.wait(-1, Process::WNOHANG)
+      next sleep(0.05) unless pid
+
+      @pids.delete(pid)
+      @pids << spawn_worker(&work) unless stopping
+    end
+  end
+
+  private
+
+  def spawn_worker(&work)
+    fork do
+      STOP_SIGNALS.each { |sig| Signal.trap(sig) { exit } } # the run unwinds its fibers
+      work.call
+    end
+  end
+
+  # Once: TERM to every worker still running.
+  def stop_all
+    return if @stopped
+
+    @stopped = true
+    @pids.each do |pid|
+      Process.kill(:TERM, pid)
+    rescue Errno::ESRCH
+      nil # it has just exited; the wait loop reaps it
+    end
+  end
+end
+
 if $PROGRAM_NAME == __FILE__
-  root = ARGV[0] or abort("usage: #{$PROGRAM_NAME} ROOT [PORT]")
+  root = ARGV[0] or abort("usage: #{$PROGRAM_NAME} ROOT [PORT [WORKERS]]")
   server = TCPServer.new("127.0.0.1", Integer(ARGV[1] || 0))
-  loops = Integer(ARGV[2] || Etc.nprocessors)
-  Signal.trap("TERM") { exit }
+  server.listen(1024)
+  workers = Integer(ARGV[2] || Etc.nprocessors)
   app = FileServer.new(root)
   backend = Ringspun.run { Fiber.scheduler.backend }
-  $stdout.puts "listening on 127.0.0.1:#{server.addr[1]} (#{backend}, #{loops} event loops)"
+  $stdout.puts "listening on 127.0.0.1:#{server.addr[1]} (#{backend}, #{workers} worker processes)"
   $stdout.flush
-  Array.new(loops) { Thread.new { Ringspun.run { app.serve(server) } } }.each(&:join)
+  Workers.new(workers).run { Ringspun.run { app.serve(server) } }
+  server.close
 end

@@ -38,7 +38,53 @@ class TestExamples < RingspunTest::Case
     end
   end
 
+  # One worker process per core (here 2, as asked), each serving; TERM to
+  # the server stops every worker and reaps it.
+  def test_file_server_runs_worker_processes_and_stops_them_on_term
+    skip "curl is not installed" unless system("command -v curl >/dev/null 2>&1")
+
+    Dir.mktmpdir("ringspun-fs") do |root|
+      data = Random.new(5).bytes(700_000)
+      File.binwrite(File.join(root, "f.bin"), data)
+      out_r, out_w = IO.pipe
+      pid = Process.spawn(ENV_FOR_EXAMPLES, RingspunTest::RUBY, "-I", File.join(RingspunTest::ROOT, "lib"),
+                          File.join(EXAMPLES, "file_server.rb"), root, "0", "2", out: out_w, err: out_w, in: File::NULL)
+      out_w.close
+      line = out_r.gets.to_s
+      assert_match(/listening on 127\.0\.0\.1:\d+ \((io_uring|epoll), 2 worker processes\)/, line)
+      url = "http://127.0.0.1:#{line[/:(\d+)/, 1]}/f.bin"
+      workers = children_of(pid, want: 2)
+      assert_equal 2, workers.size, "worker processes"
+      [[], ["--compressed"]].each do |opts|
+        got = IO.popen(["curl", "-sS", *opts, url], "rb", &:read)
+        assert_equal data, got, "curl #{opts.join(' ')}"
+      end
+      Process.kill(:TERM, pid)
+      status = wait_child(pid, 20)
+      assert status.success?, "the server exits 0 after TERM: #{status.inspect}"
+      workers.each { |w| refute File.exist?("/proc/#{w}"), "worker #{w} left behind" }
+    ensure
+      out_r&.close
+      out_w&.close unless out_w&.closed?
+      Process.kill(:KILL, pid) if pid && !status
+    end
+  end
+
   private
+
+  # The child processes of pid, once there are `want` of them (the server
+  # says it listens before it forks), or what there are after 5 s.
+  def children_of(pid, want:)
+    deadline = now + 5
+    loop do
+      kids = Dir.children("/proc/#{pid}/task").flat_map do |tid|
+        File.read("/proc/#{pid}/task/#{tid}/children").split.map(&:to_i)
+      end
+      return kids if kids.size >= want || now > deadline
+
+      sleep 0.01
+    end
+  end
 
   # Runs examples/<name> in a fresh Ruby; returns [stdout and stderr, status].
   def run_example(name, *args, timeout: 180)

@@ -325,8 +325,8 @@ Bench.define(:file_server_wrk) do
     keep-alive connections for `seconds` s against one 64 KiB file on 127.0.0.1, and stops the
     server with TERM. The timed window is the wrk run; requests/s is wrk's completed requests
     over it, and a round fails on any non-2xx response, any socket error, or fewer bytes read
-    than 64 KiB per request. `examples/file_server.rb` (Ringspun: one `Ringspun.run` loop per
-    CPU, each in its own thread, `IO.double_splice` for the body) runs with
+    than 64 KiB per request. `examples/file_server.rb` (Ringspun: one worker process per CPU,
+    forked after listen, each with its own `Ringspun.run` loop; `IO.double_splice` for the body) runs with
     `RINGSPUN_BACKEND` forced to one backend; the reference is
     `examples/threaded_file_server.rb` (the same server, a thread per connection,
     `IO.copy_stream`). nginx (sendfile, one worker per CPU, logs off) is the C server at the
