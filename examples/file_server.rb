@@ -172,30 +172,36 @@ class Workers
     @pids = []
   end
 
-  # Forks the workers, each running the block, then waits: a worker that
-  # dies is replaced until a stop signal arrives, which is passed to every
-  # worker; returns once all are reaped.
+  # Forks the workers, each running the block.
+  # @return [self]
+  def start(&work)
+    @work = work
+    @stopping = false
+    STOP_SIGNALS.each { |sig| Signal.trap(sig) { @stopping = true } }
+    @pids = Array.new(@count) { spawn_worker }
+    self
+  end
+
+  # Waits: a worker that dies is replaced until a stop signal arrives,
+  # which is passed to every worker; returns once all are reaped.
   # @return [void]
-  def run(&work)
-    stopping = false
-    STOP_SIGNALS.each { |sig| Signal.trap(sig) { stopping = true } }
-    @pids = Array.new(@count) { spawn_worker(&work) }
+  def wait
     until @pids.empty?
-      stop_all if stopping
+      stop_all if @stopping
       pid = Process.wait(-1, Process::WNOHANG)
       next sleep(0.05) unless pid
 
       @pids.delete(pid)
-      @pids << spawn_worker(&work) unless stopping
+      @pids << spawn_worker unless @stopping
     end
   end
 
   private
 
-  def spawn_worker(&work)
+  def spawn_worker
     fork do
       STOP_SIGNALS.each { |sig| Signal.trap(sig) { exit } } # the run unwinds its fibers
-      work.call
+      @work.call
     end
   end
 
@@ -219,8 +225,9 @@ if $PROGRAM_NAME == __FILE__
   workers = Integer(ARGV[2] || Etc.nprocessors)
   app = FileServer.new(root)
   backend = Ringspun.run { Fiber.scheduler.backend }
+  pool = Workers.new(workers).start { Ringspun.run { app.serve(server) } }
   $stdout.puts "listening on 127.0.0.1:#{server.addr[1]} (#{backend}, #{workers} worker processes)"
   $stdout.flush
-  Workers.new(workers).run { Ringspun.run { app.serve(server) } }
+  pool.wait
   server.close
 end
