@@ -48,7 +48,7 @@ module Bench
       facts = Machine.facts
       cases = Bench.load_cases(@only)
       require_relative "targets"
-      facts << ["peers (bench/peers/Gemfile)", Peers.summary(Peers.install)]
+      facts << ["peers (bench/peers/#{File.basename(Peers::GEMFILE)})", Peers.summary(Peers.install)]
       load_at_start = Machine.load_average
       results = Fixtures.open do |fixtures|
         Runner.new(cases, mode: @mode, rounds: @rounds, time_limit: TIME_LIMIT.fetch(@mode), fixtures: fixtures).run

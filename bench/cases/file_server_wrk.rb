@@ -4,6 +4,7 @@ require "etc"
 require "fileutils"
 require "net/http"
 require "open3"
+require "bench/peers"
 require "rbconfig"
 require "socket"
 require "tmpdir"
@@ -160,6 +161,25 @@ module Bench
         out_w.close
         server = new(pid, out_r)
         server.await_banner(backend)
+        server
+      rescue StandardError
+        server&.stop
+        raise
+      end
+
+      # Falcon (the peers' bundle, Ruby 3.2+) serving the folder with
+      # Rack::Files, a process per CPU (its forked container).
+      def self.falcon(root)
+        env = Bench::Peers.program_env(:falcon)
+        prefix = Dir.mktmpdir("bench-falcon")
+        config = File.join(prefix, "config.ru")
+        File.write(config, "run Rack::Files.new(#{root.inspect})\n")
+        port = free_port
+        argv = [*Bench::Peers.bundle_command, "exec", "falcon", "serve", "--bind", "http://127.0.0.1:#{port}",
+                "--count", Etc.nprocessors.to_s, "--config", config]
+        pid = launch(argv, env: env, chdir: Bench::Peers::DIR, out: File::NULL, err: File::NULL)
+        server = new(pid, nil, prefix: prefix)
+        server.await_port(port)
         server
       rescue StandardError
         server&.stop
@@ -329,8 +349,9 @@ Bench.define(:file_server_wrk) do
     forked after listen, each with its own `Ringspun.run` loop; `IO.double_splice` for the body) runs with
     `RINGSPUN_BACKEND` forced to one backend; the reference is
     `examples/threaded_file_server.rb` (the same server, a thread per connection,
-    `IO.copy_stream`). nginx (sendfile, one worker per CPU, logs off) is the C server at the
-    physical limit. wrk and the server share the machine's CPUs. *CPU s*, *peak RSS* and *peak
+    `IO.copy_stream`). Falcon (latest, from the peers' bundle, on Ruby 3.2 and later) serves the
+    folder with `Rack::Files`, a process per CPU. nginx (sendfile, one worker per CPU, logs off)
+    is the C server at the physical limit. wrk and the server share the machine's CPUs. *CPU s*, *peak RSS* and *peak
     threads* are the server's (all its processes; threads sampled every 5 ms during the wrk
     run); *objects* are the driving process's, not the server's.
   MD
@@ -339,6 +360,9 @@ Bench.define(:file_server_wrk) do
         full: { seconds: 10, connections: 100, wrk_threads: 2 }
   reference :threaded
 
+  contender(:falcon, "Falcon with Rack::Files, a process per CPU (Ruby 3.2+)") do |params, meter|
+    Bench::FileServerWrk.measure(params, meter) { |root| Bench::FileServerWrk::Server.falcon(root) }
+  end
   contender(:threaded, "examples/threaded_file_server.rb (a thread per connection)") do |params, meter|
     Bench::FileServerWrk.measure(params, meter) do |root|
       Bench::FileServerWrk::Server.example("threaded_file_server.rb", root)

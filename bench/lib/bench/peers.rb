@@ -3,6 +3,7 @@
 require "fileutils"
 require "json"
 require "open3"
+require "rbconfig"
 require_relative "case"
 require_relative "child"
 
@@ -23,7 +24,10 @@ module Bench
   #   end
   module Peers
     DIR = File.expand_path("../../peers", __dir__)
-    GEMFILE = File.join(DIR, "Gemfile")
+    # Ruby 3.1 keeps the last releases that run on it; later Rubies take the
+    # latest (and Falcon), from a Gemfile and lockfile of their own.
+    CURRENT = RUBY_VERSION >= "3.2"
+    GEMFILE = File.join(DIR, CURRENT ? "current.gemfile" : "Gemfile")
     VENDOR = File.join(DIR, "vendor")
     STATUS = File.expand_path("../../out/peers.json", __dir__)
 
@@ -32,10 +36,16 @@ module Bench
     TIMEOUT_NOTE = "on this Ruby its contender processes define IO#timeout to return nil: Async's " \
                    "IO hooks call it, and Ruby 3.2 added it"
 
-    PEERS = {
-      polyphony: Peer.new(group: :polyphony, name: "Polyphony 1.6", library: "polyphony"),
-      async: Peer.new(group: :async, name: "Async 2.24 with io-event 1.11", library: "async")
-    }.freeze
+    PEERS = if CURRENT
+              { async: Peer.new(group: :async, name: "Async with io-event", library: "async"),
+                falcon: Peer.new(group: :falcon, name: "Falcon", library: "falcon") }.freeze
+            else
+              { polyphony: Peer.new(group: :polyphony, name: "Polyphony 1.6", library: "polyphony"),
+                async: Peer.new(group: :async, name: "Async 2.24 with io-event 1.11", library: "async") }.freeze
+            end
+
+    # The gems whose locked versions the report gives, by group.
+    GEMS = { polyphony: %w[polyphony], async: %w[async io-event], falcon: %w[falcon rack] }.freeze
 
     module_function
 
@@ -55,7 +65,7 @@ module Bench
     # @param group [Symbol] a key of {PEERS}
     # @raise [Skip] when the peer did not install or does not load here
     def load(group)
-      peer = PEERS.fetch(group)
+      peer = PEERS.fetch(group) { raise Skip, "no #{group} peer on Ruby #{RUBY_VERSION} (#{File.basename(GEMFILE)})" }
       why = recorded_failure(group)
       raise Skip, "#{peer.name} did not install: #{why}" if why
 
@@ -78,11 +88,22 @@ module Bench
       locked = File.exist?("#{GEMFILE}.lock") ? File.read("#{GEMFILE}.lock") : ""
       version = ->(gem) { locked[/^    #{Regexp.escape(gem)} \(([^)]+)\)$/, 1] || "?" }
       outcome.map do |group, why|
-        gems = group == :polyphony ? %w[polyphony] : %w[async io-event]
+        gems = GEMS.fetch(group)
         what = why ? "not installed: #{why}" : gems.map { |gem| "#{gem} #{version.call(gem)}" }.join(", ")
         what += " (#{TIMEOUT_NOTE})" if group == :async && !why && !IO.method_defined?(:timeout)
         "#{PEERS.fetch(group).name}: #{what}"
       end.join("; ")
+    end
+
+    # The environment to run one of a peer's programs (Falcon's server) in
+    # another process, after {.install}.
+    # @raise [Skip] when the peer is not in this Ruby's bundle or did not install
+    def program_env(group)
+      peer = PEERS.fetch(group) { raise Skip, "no #{group} peer on Ruby #{RUBY_VERSION} (#{File.basename(GEMFILE)})" }
+      why = recorded_failure(group)
+      raise Skip, "#{peer.name} did not install: #{why}" if why
+
+      bundle_env(group)
     end
 
     # ---- internals ---------------------------------------------------------------------
@@ -111,10 +132,17 @@ module Bench
     end
 
     def bundle(env, *args)
-      out, status = Open3.capture2e(env, "bundle", *args, chdir: DIR)
+      out, status = Open3.capture2e(env, *bundle_command, *args, chdir: DIR)
       [status.success?, out]
     rescue SystemCallError => e
       [false, "cannot run bundle: #{e.message}"]
+    end
+
+    # Bundler of the running Ruby: the one on PATH may be another Ruby's
+    # (Debian's /usr/bin/bundle is 3.1's), which would resolve for that Ruby.
+    def bundle_command
+      own = File.join(RbConfig::CONFIG["bindir"], "bundle")
+      File.executable?(own) ? [own] : [RbConfig.ruby, "-S", "bundle"]
     end
 
     def recorded_failure(group)
