@@ -99,16 +99,17 @@ module Bench
         @bytes = Float(m[2]) * UNITS.fetch(m[3])
       end
 
-      def check!
+      # @param body_size [Integer] the bytes each response must at least carry
+      def check!(body_size = FILE_SIZE)
         non2xx = @text[/Non-2xx or 3xx responses: (\d+)/, 1].to_i
         errors = @text[/Socket errors: (.*)$/, 1]
         raise "#{non2xx} responses were not 2xx:\n#{@text}" if non2xx.positive?
         raise "wrk saw socket errors (#{errors}):\n#{@text}" if errors
         raise "wrk made no request:\n#{@text}" if @requests.zero?
         # wrk rounds the total to two decimals of its unit.
-        return if @bytes >= @requests * FILE_SIZE * 0.99
+        return if @bytes >= @requests * body_size * 0.99
 
-        raise "wrk read #{@bytes.round} bytes for #{@requests} requests of #{FILE_SIZE}:\n#{@text}"
+        raise "wrk read #{@bytes.round} bytes for #{@requests} requests of #{body_size}:\n#{@text}"
       end
     end
 

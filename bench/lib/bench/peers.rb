@@ -38,14 +38,16 @@ module Bench
 
     PEERS = if CURRENT
               { async: Peer.new(group: :async, name: "Async with io-event", library: "async"),
-                falcon: Peer.new(group: :falcon, name: "Falcon", library: "falcon") }.freeze
+                falcon: Peer.new(group: :falcon, name: "Falcon", library: "falcon"),
+                carbon_fiber: Peer.new(group: :carbon_fiber, name: "Carbon Fiber", library: "carbon_fiber") }.freeze
             else
               { polyphony: Peer.new(group: :polyphony, name: "Polyphony 1.6", library: "polyphony"),
                 async: Peer.new(group: :async, name: "Async 2.24 with io-event 1.11", library: "async") }.freeze
             end
 
     # The gems whose locked versions the report gives, by group.
-    GEMS = { polyphony: %w[polyphony], async: %w[async io-event], falcon: %w[falcon rack] }.freeze
+    GEMS = { polyphony: %w[polyphony], async: %w[async io-event], falcon: %w[falcon rack],
+             carbon_fiber: %w[carbon_fiber] }.freeze
 
     module_function
 
