@@ -1,7 +1,8 @@
 /* A chunk reader with read-ahead, shared by the primitives that consume a
- * stream (zstream.c, msgpack.c, and loops.c for multishot receive). Under a Ringspun scheduler on
- * io_uring the next read is in flight while the caller works on the current
- * chunk; elsewhere each chunk is read when asked for. Two pool blocks. */
+ * stream (zstream.c, msgpack.c, and loops.c for multishot receive). Under a
+ * Ringspun scheduler on io_uring the next read is in flight while the caller
+ * works on the current chunk; elsewhere each chunk is read when asked for.
+ * Two pool blocks. */
 #include "io/reader.h"
 #include <errno.h>
 #include <ruby/io.h>

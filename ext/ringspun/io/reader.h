@@ -1,5 +1,5 @@
 /* A chunk reader with read-ahead (reader.c), shared by the primitives that
- * consume a stream (zstream.c, loops.c, msgpack.c). */
+ * consume a stream (zstream.c, msgpack.c, and loops.c for multishot receive). */
 #ifndef RINGSPUN_READER_H
 #define RINGSPUN_READER_H 1
 #include "io/io.h"
