@@ -35,24 +35,37 @@ static ssize_t try_nowait_at(int kind, int fd, void *buf, size_t len, int64_t of
 /* At the file position (read(2)/write(2)). */
 static ssize_t try_nowait(int kind, int fd, void *buf, size_t len) { return try_nowait_at(kind, fd, buf, len, -1); }
 
-/* A read or write op on the ring; `keep` owns buf (or Qnil). */
-static rs_op *rw_op(rs_sched *s, int kind, int fd, void *buf, size_t len, int64_t off, VALUE keep) {
+/* One read or write on the ring, parked on; `keep` owns buf (or Qnil).
+ * Interrupted, it waits for the kernel, sets *salvaged (when given) to what
+ * a read took meanwhile (the bytes are in buf), and re-raises. */
+static int ring_rw(rs_sched *s, int kind, int fd, void *buf, size_t len, int64_t off, VALUE keep, ssize_t *salvaged) {
   rs_op *op = rs_op_new(s, kind);
   op->fd = fd;
   op->buf = buf;
   op->len = len > 0x7ffff000 ? 0x7ffff000 : len; /* what read(2) does at most */
   op->off = off;
   rs_op_write(op, &op->keep, keep);
-  return op;
+  int ret = rs_op_begin(s, op); /* releases op on failure */
+  if (ret < 0) return ret;
+  int result = 0;
+  int state = rs_op_wait_salvage(s, op, &result);
+  rs_op_release(s, op);
+  if (state) {
+    if (salvaged) *salvaged = kind == RS_OP_READ && result > 0 ? result : 0;
+    rb_jump_tag(state);
+  }
+  return result;
 }
 
-/* off < 0: at the file position, like read(2); else at off, like pread(2). */
-static ssize_t native_rw(rs_sched *s, int kind, int fd, void *buf, size_t len, int64_t off, VALUE keep) {
+/* off < 0: at the file position, like read(2); else at off, like pread(2).
+ * salvaged: see ring_rw (NULL: the bytes of an interrupted read are lost). */
+static ssize_t native_rw(rs_sched *s, int kind, int fd, void *buf, size_t len, int64_t off, VALUE keep,
+                         ssize_t *salvaged) {
   short events = kind == RS_OP_READ ? POLLIN : POLLOUT;
   ssize_t quick = try_nowait_at(kind, fd, buf, len, off);
   if (quick != -EAGAIN) return quick;
   for (;;) {
-    int ret = rs_op_await(s, rw_op(s, kind, fd, buf, len, off, keep));
+    int ret = ring_rw(s, kind, fd, buf, len, off, keep, salvaged);
     if (ret != -EAGAIN) return ret;
     /* The fd is O_NONBLOCK: io_uring honours that, so wait and retry. */
     ret = rs_io_wait_fd(fd, events, -1);
@@ -138,45 +151,29 @@ ssize_t rs_io_once(int kind, int fd, void *buf, size_t len, VALUE keep) {
   if (fd < 0 || !again_mark(s, fd, true) || !rs_fd_ready(fd, events)) return n;
   again_mark(s, fd, false);
   /* On epoll the plain call (the fd is ready); on io_uring the ring. */
-  return s->backend.ops->native ? native_rw(s, kind, fd, buf, len, -1, keep) : plain_rw(kind, fd, buf, len);
+  return s->backend.ops->native ? native_rw(s, kind, fd, buf, len, -1, keep, NULL) : plain_rw(kind, fd, buf, len);
 }
 
 ssize_t rs_io_read_keep(int fd, void *buf, size_t len, VALUE keep) {
   rs_sched *s = native_sched();
-  return s ? native_rw(s, RS_OP_READ, fd, buf, len, -1, keep) : ready_rw(RS_OP_READ, fd, buf, len);
+  return s ? native_rw(s, RS_OP_READ, fd, buf, len, -1, keep, NULL) : ready_rw(RS_OP_READ, fd, buf, len);
 }
 
 ssize_t rs_io_read_salvage(int fd, void *buf, size_t len, VALUE keep, ssize_t *salvaged) {
   rs_sched *s = native_sched();
-  if (!s) return ready_rw(RS_OP_READ, fd, buf, len); /* an exception comes only while it waits */
-  ssize_t quick = try_nowait(RS_OP_READ, fd, buf, len);
-  if (quick != -EAGAIN) return quick;
-  for (;;) {
-    rs_op *op = rw_op(s, RS_OP_READ, fd, buf, len, -1, keep);
-    int ret = rs_op_begin(s, op); /* releases op on failure */
-    if (ret < 0) return ret;
-    int result = 0;
-    int state = rs_op_wait_salvage(s, op, &result);
-    rs_op_release(s, op);
-    if (state) {
-      *salvaged = result > 0 ? result : 0;
-      rb_jump_tag(state);
-    }
-    if (result != -EAGAIN) return result;
-    ret = rs_io_wait_fd(fd, POLLIN, -1); /* the fd is O_NONBLOCK: wait, then again */
-    if (ret < 0) return ret;
-  }
+  /* (Elsewhere an exception comes only while it waits, before the read.) */
+  return s ? native_rw(s, RS_OP_READ, fd, buf, len, -1, keep, salvaged) : ready_rw(RS_OP_READ, fd, buf, len);
 }
 
 ssize_t rs_io_write_keep(int fd, const void *buf, size_t len, VALUE keep) {
   rs_sched *s = native_sched();
   void *p = (void *)buf; /* the kernel only reads it */
-  return s ? native_rw(s, RS_OP_WRITE, fd, p, len, -1, keep) : ready_rw(RS_OP_WRITE, fd, p, len);
+  return s ? native_rw(s, RS_OP_WRITE, fd, p, len, -1, keep, NULL) : ready_rw(RS_OP_WRITE, fd, p, len);
 }
 
 ssize_t rs_io_prw_keep(int kind, int fd, void *buf, size_t len, int64_t off, VALUE keep) {
   rs_sched *s = native_sched();
-  if (s) return native_rw(s, kind, fd, buf, len, off, keep);
+  if (s) return native_rw(s, kind, fd, buf, len, off, keep, NULL);
   /* pread(2) needs a file that can seek, which is always "ready"; a pipe
    * or socket answers ESPIPE. */
   for (;;) {
