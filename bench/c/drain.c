@@ -12,9 +12,10 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include "figures.h"
 
 #define CHUNK (1 << 20)
 
@@ -46,10 +47,6 @@ int main(void) {
     }
     total += n;
   }
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  double cpu = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-               (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-  printf("bytes=%lld cpu_s=%.6f\n", total, cpu);
+  printf("bytes=%lld cpu_s=%.6f\n", total, figures_cpu_s());
   return 0;
 }

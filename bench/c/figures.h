@@ -1,5 +1,7 @@
 /* The figures line the double_splice, gzip and gunzip reference programs
- * print last, for bench/lib/bench/transfer.rb:
+ * print last, for bench/lib/bench/transfer.rb (the read_loop, read_sha256
+ * and msgpack_unpack programs print their own line, with figures_cpu_s
+ * and figures_vmhwm_kib):
  *
  *   start_ns=... bytes_in=... bytes=... cpu_s=... maxrss_kib=... runq_ns=...
  *
@@ -19,13 +21,13 @@
 #include <sys/resource.h>
 #include <time.h>
 
-static long long figures_now_ns(void) {
+static inline long long figures_now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-static long figures_vmhwm_kib(void) {
+static inline long figures_vmhwm_kib(void) {
   FILE *f = fopen("/proc/self/status", "r");
   if (!f) return -1;
   char line[256];
@@ -41,7 +43,7 @@ static long figures_vmhwm_kib(void) {
 }
 
 /* The second field of /proc/self/schedstat, or -1. */
-static long long figures_runq_ns(void) {
+static inline long long figures_runq_ns(void) {
   FILE *f = fopen("/proc/self/schedstat", "r");
   if (!f) return -1;
   long long run = 0, wait = -1;
@@ -50,13 +52,16 @@ static long long figures_runq_ns(void) {
   return wait;
 }
 
-static void figures_print(FILE *to, long long start_ns, long long bytes_in, long long bytes_out) {
+/* This process's user + system time in seconds, all threads. */
+static inline double figures_cpu_s(void) {
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
-  double cpu = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-               (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+  return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+static inline void figures_print(FILE *to, long long start_ns, long long bytes_in, long long bytes_out) {
   fprintf(to, "start_ns=%lld bytes_in=%lld bytes=%lld cpu_s=%.6f maxrss_kib=%ld runq_ns=%lld\n", start_ns,
-          bytes_in, bytes_out, cpu, figures_vmhwm_kib(), figures_runq_ns());
+          bytes_in, bytes_out, figures_cpu_s(), figures_vmhwm_kib(), figures_runq_ns());
 }
 
 #endif

@@ -22,8 +22,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <unistd.h>
+
+#include "figures.h"
 
 #define PIPE_SIZE (1 << 20)
 #define FRAMING_READ 64
@@ -203,11 +204,7 @@ int main(int argc, char **argv) {
   if (chunked) drain_chunked(&d);
   else drain_raw(&d);
   if (d.expect >= 0 && lseek(d.expect, 0, SEEK_END) != (off_t)d.payload) fail(&d, "less payload than FILE has");
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  double cpu = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-               (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
   printf("payload_bytes=%llu chunks=%llu wire_bytes=%llu cpu_s=%.6f\n", (unsigned long long)d.payload,
-         (unsigned long long)d.chunks, (unsigned long long)d.wire, cpu);
+         (unsigned long long)d.chunks, (unsigned long long)d.wire, figures_cpu_s());
   return 0;
 }

@@ -12,23 +12,14 @@
 #include <msgpack.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <unistd.h>
+
+#include "figures.h"
 
 #define CHUNK 65536
 
 /* Peak RSS from /proc/self/status: getrusage's ru_maxrss survives
  * execve(2) and would report the forked Ruby process that exec'ed us. */
-static long vmhwm_kib(void) {
-  FILE *f = fopen("/proc/self/status", "r");
-  if (!f) return -1;
-  char line[256];
-  long kib = -1;
-  while (fgets(line, sizeof(line), f))
-    if (sscanf(line, "VmHWM: %ld", &kib) == 1) break;
-  fclose(f);
-  return kib;
-}
 
 /* The value of the map's "id" key, or -1. */
 static long long id_of(const msgpack_object *o) {
@@ -85,10 +76,7 @@ int main(void) {
     return 1;
   }
   msgpack_unpacker_destroy(&u);
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  double cpu = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-               (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-  printf("units=%lld last_id=%lld bytes=%lld cpu_s=%.6f maxrss_kib=%ld\n", messages, last_id, bytes, cpu, vmhwm_kib());
+  printf("units=%lld last_id=%lld bytes=%lld cpu_s=%.6f maxrss_kib=%ld\n", messages, last_id, bytes,
+         figures_cpu_s(), figures_vmhwm_kib());
   return 0;
 }

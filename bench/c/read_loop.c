@@ -15,23 +15,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <unistd.h>
+
+#include "figures.h"
 
 #define CHUNK 65536
 
 /* Peak RSS from /proc/self/status: getrusage's ru_maxrss survives
  * execve(2) and would report the forked Ruby process that exec'ed us. */
-static long vmhwm_kib(void) {
-  FILE *f = fopen("/proc/self/status", "r");
-  if (!f) return -1;
-  char line[256];
-  long kib = -1;
-  while (fgets(line, sizeof(line), f))
-    if (sscanf(line, "VmHWM: %ld", &kib) == 1) break;
-  fclose(f);
-  return kib;
-}
 
 /* Holds fresh buffers until `batch` of them can be freed together. */
 typedef struct fresh {
@@ -75,10 +66,7 @@ int main(int argc, char **argv) {
       return 1;
     }
   }
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  double cpu = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-               (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-  printf("units=%lld bytes=%lld cpu_s=%.6f maxrss_kib=%ld\n", total >> 20, total, cpu, vmhwm_kib());
+  printf("units=%lld bytes=%lld cpu_s=%.6f maxrss_kib=%ld\n", total >> 20, total, figures_cpu_s(),
+         figures_vmhwm_kib());
   return 0;
 }

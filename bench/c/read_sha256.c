@@ -18,8 +18,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <unistd.h>
+
+#include "figures.h"
 
 #define CHUNK 65536
 #define SLOTS 8
@@ -31,16 +32,6 @@ static int at_end;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t changed = PTHREAD_COND_INITIALIZER;
 
-static long vmhwm_kib(void) {
-  FILE *f = fopen("/proc/self/status", "r");
-  if (!f) return -1;
-  char line[256];
-  long kib = -1;
-  while (fgets(line, sizeof(line), f))
-    if (sscanf(line, "VmHWM: %ld", &kib) == 1) break;
-  fclose(f);
-  return kib;
-}
 
 static ssize_t read_chunk(char *buf) {
   for (;;) {
@@ -127,10 +118,7 @@ int main(int argc, char **argv) {
     perror("read_sha256: read");
     return 1;
   }
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  double cpu = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-               (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-  printf("units=%lld bytes=%lld cpu_s=%.6f maxrss_kib=%ld\n", total >> 20, total, cpu, vmhwm_kib());
+  printf("units=%lld bytes=%lld cpu_s=%.6f maxrss_kib=%ld\n", total >> 20, total, figures_cpu_s(),
+         figures_vmhwm_kib());
   return 0;
 }
