@@ -36,19 +36,21 @@ module Bench
       ROOT_DIR
     end
 
-    # Starts the server, checks one response, runs wrk in the timed window
-    # and reports the server's CPU seconds, peak RSS and peak threads as
-    # the contender's (this process only drives wrk).
-    def measure(params, meter)
+    # Starts the server, checks one response (GET `path` answers 200 with
+    # `body`, by default the 64 KiB file), runs wrk against `path` in the
+    # timed window and reports the server's CPU seconds, peak RSS and peak
+    # threads as the contender's (this process only drives wrk).
+    def measure(params, meter, path: "/#{FILE_NAME}", body: nil)
       wrk = wrk_path or raise Skip, "wrk is not installed here"
       server = yield root
+      body ||= File.binread(File.join(ROOT_DIR, FILE_NAME))
       begin
-        check_response(server.port)
+        check_response(server.port, path, body)
         sampler = ThreadSampler.new(server)
         cpu_before = server.cpu_s
         report = nil
         meter.measure do
-          report = run_wrk(wrk, server.port, params)
+          report = run_wrk(wrk, server.port, path, params)
           report.requests
         end
         sampler.stop
@@ -56,23 +58,23 @@ module Bench
       ensure
         server.stop
       end
-      report.check!
+      report.check!(body.bytesize)
     end
 
     def wrk_path
       ENV.fetch("PATH", "").split(File::PATH_SEPARATOR).map { |d| File.join(d, "wrk") }.find { |f| File.executable?(f) }
     end
 
-    # One GET outside the timed window: the server serves the file, whole.
-    def check_response(port)
-      response = Net::HTTP.start("127.0.0.1", port) { |http| http.get("/#{FILE_NAME}") }
-      raise "GET /#{FILE_NAME}: #{response.code}" unless response.code == "200"
-      raise "GET /#{FILE_NAME}: the body differs from the file" unless response.body == File.binread(File.join(ROOT_DIR, FILE_NAME))
+    # One GET outside the timed window: the server answers with the body, whole.
+    def check_response(port, path, body)
+      response = Net::HTTP.start("127.0.0.1", port) { |http| http.get(path) }
+      raise "GET #{path}: #{response.code}" unless response.code == "200"
+      raise "GET #{path}: the body differs from the #{body.bytesize} bytes expected" unless response.body == body
     end
 
-    def run_wrk(wrk, port, params)
+    def run_wrk(wrk, port, path, params)
       argv = [wrk, "-t#{params[:wrk_threads]}", "-c#{params[:connections]}", "-d#{params[:seconds]}s", "--timeout", "10s",
-              "http://127.0.0.1:#{port}/#{FILE_NAME}"]
+              "http://127.0.0.1:#{port}#{path}"]
       out, status = Open3.capture2e(*argv)
       raise "wrk failed (#{status.inspect}):\n#{out}" unless status.success?
 
@@ -178,13 +180,7 @@ module Bench
         port = free_port
         argv = [*Bench::Peers.bundle_command, "exec", "falcon", "serve", "--bind", "http://127.0.0.1:#{port}",
                 "--count", Etc.nprocessors.to_s, "--config", config]
-        pid = launch(argv, env: env, chdir: Bench::Peers::DIR, out: File::NULL, err: File::NULL)
-        server = new(pid, nil, prefix: prefix)
-        server.await_port(port)
-        server
-      rescue StandardError
-        server&.stop
-        raise
+        listening_on(port, argv, prefix: prefix, env: env, chdir: Bench::Peers::DIR, out: File::NULL, err: File::NULL)
       end
 
       # nginx with as many workers as event loops the Ringspun server runs
@@ -196,8 +192,13 @@ module Bench
         prefix = Dir.mktmpdir("bench-nginx")
         port = free_port
         File.write(File.join(prefix, "nginx.conf"), nginx_conf(prefix, root, port))
-        pid = launch([binary, "-p", prefix, "-c", File.join(prefix, "nginx.conf")])
-        server = new(pid, nil, prefix: prefix)
+        listening_on(port, [binary, "-p", prefix, "-c", File.join(prefix, "nginx.conf")], prefix: prefix)
+      end
+
+      # Launches argv (opts as for .launch) and waits until something
+      # accepts on `port`; the server is stopped if it never does.
+      def self.listening_on(port, argv, prefix:, **opts)
+        server = new(launch(argv, **opts), nil, prefix: prefix)
         server.await_port(port)
         server
       rescue StandardError

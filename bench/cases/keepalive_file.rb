@@ -11,7 +11,7 @@ Bench.define(:keepalive_file) do
     `IO.double_splice` under Ringspun and with `IO.copy_stream` under the other runtimes.
   MD
   metric "requests/s"
-  sizes quick: { seconds: 3, connections: 100 }, full: { seconds: 10, connections: 100 }
+  sizes quick: { seconds: 3, connections: 100, wrk_threads: 1 }, full: { seconds: 10, connections: 100, wrk_threads: 1 }
   reference :threads
 
   Bench::KeepaliveWrk.define_common(self, "file")

@@ -9,7 +9,7 @@ require_relative "file_server_wrk"
 module Bench
   module KeepaliveWrk
     SCRIPT = File.expand_path("../servers/keepalive.rb", __dir__)
-    HELLO_SIZE = 12
+    HELLO = "Hello world!" # the body bench/servers/keepalive.rb answers with
 
     # name => [server runtime, peer group (nil: none), extra environment]
     RUNTIMES = {
@@ -23,29 +23,13 @@ module Bench
 
     module_function
 
-    # Starts the server for `name` with `body` ("hello" or the 64 KiB file),
-    # checks one response, then times wrk; the server's CPU, peak RSS and
-    # peak threads become the contender's.
+    # Runs FileServerWrk's measurement against the server for `name`,
+    # whose body is "hello" (HELLO) or the 64 KiB file.
     def measure(name, body, params, meter)
-      wrk = FileServerWrk.wrk_path or raise Skip, "wrk is not installed here"
-      size = body == "hello" ? HELLO_SIZE : FileServerWrk::FILE_SIZE
-      target = body == "hello" ? "hello" : File.join(FileServerWrk.root, FileServerWrk::FILE_NAME)
-      server = start(name, target)
-      report = nil
-      begin
-        check_response(server.port, size)
-        sampler = FileServerWrk::ThreadSampler.new(server)
-        cpu_before = server.cpu_s
-        meter.measure do
-          report = run_wrk(wrk, server.port, params)
-          report.requests
-        end
-        sampler.stop
-        FileServerWrk.adopt(meter, cpu_s: server.cpu_s - cpu_before, rss_kib: server.rss_peak_kib, threads: sampler.peak)
-      ensure
-        server.stop
+      hello = body == "hello"
+      FileServerWrk.measure(params, meter, path: "/", body: hello ? HELLO : nil) do |root|
+        start(name, hello ? "hello" : File.join(root, FileServerWrk::FILE_NAME))
       end
-      report.check!(size)
     end
 
     def start(name, target)
@@ -62,22 +46,6 @@ module Bench
     rescue StandardError
       server&.stop
       raise
-    end
-
-    def check_response(port, size)
-      response = Net::HTTP.start("127.0.0.1", port) { |http| http.get("/") }
-      raise "GET /: #{response.code}" unless response.code == "200"
-      raise "GET /: #{response.body.bytesize} bytes, not #{size}" unless response.body.bytesize == size
-    end
-
-    # wrk with one thread and the case's connections, as the issue measured.
-    def run_wrk(wrk, port, params)
-      argv = [wrk, "-t1", "-c#{params[:connections]}", "-d#{params[:seconds]}s", "--timeout", "10s",
-              "http://127.0.0.1:#{port}/"]
-      out, status = Open3.capture2e(*argv)
-      raise "wrk failed (#{status.inspect}):\n#{out}" unless status.success?
-
-      FileServerWrk::WrkReport.new(out)
     end
 
     LABELS = {
@@ -113,7 +81,8 @@ Bench.define(:keepalive_hello) do
     (#15): Ringspun io_uring at least 1.2x the best other contender.
   MD
   metric "requests/s"
-  sizes quick: { seconds: 3, connections: 100 }, full: { seconds: 10, connections: 100 }
+  # wrk with one thread, as the issue measured.
+  sizes quick: { seconds: 3, connections: 100, wrk_threads: 1 }, full: { seconds: 10, connections: 100, wrk_threads: 1 }
   reference :threads
 
   Bench::KeepaliveWrk.define_common(self, "hello")
